@@ -1,0 +1,380 @@
+"""One typed, frozen configuration for every job, trial and test.
+
+A config is a tree of frozen dataclasses (one per section). It is read from YAML,
+patched with dotted overrides (``--set train.lr=0.01``) and validated field by field:
+an unknown key, a value of the wrong type or a value outside its range raises
+:class:`ConfigError` naming the dotted key and what it accepts.
+
+Relative paths (data root, points file, storage, MLflow store) are resolved against a
+*project directory* by :func:`resolve_paths`, not against the current directory:
+under ``ray job submit --working-dir .`` a job runs in a temporary copy of the folder,
+and what it writes must land where the user will look for it afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+SUPERVISION_MODES = ("full", "point", "point+pdml", "point+pdml+ext")
+MINING_SCOPES = ("in_batch", "global", "global+store")
+EXTENSION_METHODS = ("score+region", "region", "score")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["synthetic", "ade20k", "pascal_context"] = "synthetic"
+    root: str = "data/synthetic"  # dataset root (the folder holding its released layout)
+    points_file: str | None = None  # Parquet points; None: <root>/points_train.parquet
+    crop_size: int = 321  # the paper's training crop
+    scale_min: float = 0.5  # random-scale range of the paired transforms
+    scale_max: float = 1.5
+    hflip: bool = True
+    loader_workers: int = 0  # DataLoader processes per Ray worker; 0 keeps CPUs for compute
+    max_val_images: int = 0  # 0: the whole validation split
+    # Synthetic scenes are generated on first use when `root` holds none yet.
+    synthetic_train: int = 200
+    synthetic_val: int = 50
+    synthetic_size: int = 96
+    synthetic_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.crop_size >= 8, "data.crop_size", "must be >= 8")
+        _check(0 < self.scale_min <= self.scale_max, "data.scale_min/scale_max",
+               "need 0 < scale_min <= scale_max")
+        _check(self.loader_workers >= 0, "data.loader_workers", "must be >= 0")
+        _check(self.max_val_images >= 0, "data.max_val_images", "must be >= 0")
+        for key in ("synthetic_train", "synthetic_val"):
+            _check(getattr(self, key) >= 1, f"data.{key}", "must be >= 1")
+        _check(self.synthetic_size >= 16, "data.synthetic_size", "must be >= 16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet101"
+    output_stride: Literal[8, 16] = 8  # the paper's atrous ResNet keeps stride 8
+    head: Literal["aspp", "linear"] = "aspp"  # DeepLab-v2 ASPP, as in the paper
+    # None: random init; a path to a state_dict file; or a torchvision weights name
+    # such as "IMAGENET1K_V1" (downloaded by torchvision on a machine with internet).
+    pretrained: str | None = None
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    margin: float = 20.0  # the paper's m (Table 4: 20 is best)
+    alpha: float = 0.8  # weight of the pull term L_p (paper: 0.8)
+    beta: float = 1.0  # weight of the hinge term L_n (paper: 1)
+    # Weight of L_t against the point CE. The paper does not state it; at 1.0 the pull
+    # term (~20) dwarfs the CE (~2) and collapses ReLU embeddings, 0.1 trains well.
+    pdml_weight: float = 0.1
+    pairing: Literal["paper", "all"] = "paper"  # Algorithm 1 lines 15-19, or all pos x neg
+    subgroup_size: int = 4  # consecutive images of the (global) batch that form a subgroup
+    mining: Literal["in_batch", "global", "global+store"] = "global"
+    store_weight: float = 0.5  # weight of store triplets relative to subgroup triplets
+    store_capacity: int = 8192  # points held by the EmbeddingStore ring buffer
+    store_max_staleness: int = 50  # optimizer steps after which a stored point is dropped
+    store_samples: int = 512  # points a worker draws from the store each step
+
+    def __post_init__(self) -> None:
+        _check(self.margin >= 0, "loss.margin", f"must be >= 0, got {self.margin}")
+        _check(self.alpha >= 0, "loss.alpha", f"must be >= 0, got {self.alpha}")
+        _check(self.beta >= 0, "loss.beta", f"must be >= 0, got {self.beta}")
+        _check(self.pdml_weight >= 0, "loss.pdml_weight", f"must be >= 0, got {self.pdml_weight}")
+        _check(self.subgroup_size >= 2, "loss.subgroup_size",
+               "must be >= 2 (triplets are formed across images)")
+        _check(self.store_weight >= 0, "loss.store_weight", "must be >= 0")
+        _check(self.store_capacity >= 1, "loss.store_capacity", "must be >= 1")
+        _check(self.store_max_staleness >= 1, "loss.store_max_staleness", "must be >= 1")
+        _check(self.store_samples >= 1, "loss.store_samples", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExtensionConfig:
+    method: Literal["score+region", "region", "score"] = "score+region"  # paper Eq. 7
+    threshold: float = 0.7  # paper: 0.7 (Table 5)
+    window: int = 5  # the square around each point, in pixels (paper: 5x5)
+    start_epoch: int = 1  # extension needs a classifier that is already roughly right
+
+    def __post_init__(self) -> None:
+        _check(0 < self.threshold < 1, "extension.threshold",
+               f"must lie in the open interval (0, 1), got {self.threshold}")
+        _check(self.window >= 1 and self.window % 2 == 1, "extension.window",
+               f"must be a positive odd number, got {self.window}")
+        _check(self.start_epoch >= 0, "extension.start_epoch", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    supervision: Literal["full", "point", "point+pdml", "point+pdml+ext"] = "point+pdml+ext"
+    epochs: int = 20
+    max_steps: int = 0  # 0: run all epochs; >0 stops early (tests, smoke runs)
+    batch_size: int = 16  # global batch over all workers (paper: 16)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # paper: SGD; AdamW trains from scratch faster
+    lr: float = 2.5e-4  # backbone lr (paper); the classifier gets lr * head_lr_mult
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.8  # lr = base * (1 - it / max_it) ** poly_power
+    seed: int = 0
+    amp: bool = True  # mixed precision; only ever used on GPU workers
+    log_every_steps: int = 10
+    eval_every_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.head_lr_mult > 0, "train.head_lr_mult", "must be > 0")
+        _check(0 <= self.momentum < 1, "train.momentum", "must lie in [0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.poly_power >= 0, "train.poly_power", "must be >= 0")
+        _check(self.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+        _check(self.eval_every_epochs >= 1, "train.eval_every_epochs", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # None: RAY_ADDRESS, a running cluster, else a local one
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = "ray_results"  # local folder or a pyarrow URI such as s3://bucket/x
+    run_name: str | None = None  # None: a fresh unique name; reuse a name to resume it
+    max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
+    keep_checkpoints: int = 2  # best checkpoints kept, by val mIoU
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "ray.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker >= 0, "ray.cpus_per_worker", "must be >= 0")
+        _check(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: unlimited)")
+        _check(self.keep_checkpoints >= 1, "ray.keep_checkpoints", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MLflowConfig:
+    # None: MLFLOW_TRACKING_URI when set, else sqlite:///<project>/mlflow.db
+    tracking_uri: str | None = None
+    artifact_location: str | None = None  # None: <project>/mlartifacts (for a sqlite store)
+    experiment: str = "pdml-scene-parser"
+    registered_model: str = "pdml-scene-parser"
+    champion_alias: str = "champion"
+    register: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    extension: ExtensionConfig = field(default_factory=ExtensionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.train.batch_size >= self.ray.num_workers, "train.batch_size",
+               f"global batch {self.train.batch_size} is smaller than ray.num_workers="
+               f"{self.ray.num_workers}: every worker needs at least one image")
+
+    # -- views ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 0.00025, ...}``: the form logged as MLflow params."""
+        return {f"{section}.{key}": value
+                for section, values in self.to_dict().items() for key, value in values.items()}
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with dotted overrides applied: ``cfg.replace(**{"train.lr": 0.1})``."""
+        return apply_overrides(self, overrides)
+
+    @property
+    def uses_pdml(self) -> bool:
+        return "pdml" in self.train.supervision
+
+    @property
+    def uses_extension(self) -> bool:
+        return self.train.supervision.endswith("+ext")
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__  # type: ignore[misc]
+                             for f in dataclasses.fields(Config)}
+
+
+# -- parsing -------------------------------------------------------------------------
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                continue
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+
+
+def _build_section(name: str, values: Mapping[str, Any]) -> Any:
+    cls = SECTIONS[name]
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{name}.{key}: unknown key; {name} accepts {', '.join(known)}")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def from_dict(raw: Mapping[str, Any] | None) -> Config:
+    """Build and validate a Config from a nested mapping (missing keys take defaults)."""
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")
+    sections = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{name}: unknown section; sections are {', '.join(SECTIONS)}")
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{name}: expected a mapping of keys, got {values!r}")
+        sections[name] = _build_section(name, values)
+    return Config(**sections)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE such as train.lr=0.01")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {exc}") from None
+    return key.strip(), value
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Sequence[str]) -> Config:
+    """Apply ``{"train.lr": 0.01}`` or ``["train.lr=0.01"]``; values are validated."""
+    if not isinstance(overrides, Mapping):
+        overrides = dict(_parse_override(item) for item in overrides)
+    raw = cfg.to_dict()
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ConfigError(f"{key}: unknown key; use SECTION.KEY with a section among "
+                              f"{', '.join(SECTIONS)}")
+        raw[section][name] = value
+    return from_dict(raw)
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: Mapping[str, Any] | Sequence[str] = ()) -> Config:
+    """Read a YAML config (None: the embedded defaults) and apply dotted overrides."""
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        try:
+            cfg = from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    else:
+        cfg = Config()
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+# -- paths ---------------------------------------------------------------------------
+def project_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Where relative paths point: ``explicit``, else $PDML_PROJECT_DIR, else the cwd."""
+    chosen = explicit or os.environ.get("PDML_PROJECT_DIR") or os.getcwd()
+    return Path(chosen).expanduser().resolve()
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _anchor(path: str | None, base: Path) -> str | None:
+    if path is None or _is_uri(path) or os.path.isabs(path):
+        return path
+    return str(base / path)
+
+
+def resolve_paths(cfg: Config, base: str | os.PathLike | None = None) -> Config:
+    """Return ``cfg`` with every relative path made absolute against the project dir,
+    and the MLflow store filled in (MLFLOW_TRACKING_URI wins over the config)."""
+    root = project_dir(base)
+    data_root = _anchor(cfg.data.root, root)
+    points = _anchor(cfg.data.points_file, root) or str(Path(data_root) / "points_train.parquet")
+    tracking_uri = (os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri
+                    or f"sqlite:///{root / 'mlflow.db'}")
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        db = tracking_uri[len("sqlite:///"):]
+        if not os.path.isabs(db):
+            tracking_uri = f"sqlite:///{root / db}"
+    artifacts = cfg.mlflow.artifact_location
+    if artifacts is None and tracking_uri.startswith("sqlite:"):
+        artifacts = str(root / "mlartifacts")
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, root=data_root, points_file=points),
+        ray=dataclasses.replace(cfg.ray, storage_path=_anchor(cfg.ray.storage_path, root)),
+        mlflow=dataclasses.replace(cfg.mlflow, tracking_uri=tracking_uri,
+                                   artifact_location=_anchor(artifacts, root)),
+    )

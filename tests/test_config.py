@@ -1,0 +1,106 @@
+import dataclasses
+import os
+
+import pytest
+
+from pdml_ray.config import (SECTIONS, Config, ConfigError, apply_overrides, dump_config, from_dict,
+                             load_config, resolve_paths)
+
+
+def test_defaults_are_valid_and_frozen():
+    cfg = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(None, ["loss.margin=12", "train.supervision=point+pdml"])
+    path = tmp_path / "cfg.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_dotted_overrides_parse_yaml_scalars():
+    cfg = load_config(None, ["train.lr=0.01", "ray.use_gpu=true", "model.pretrained=null",
+                             "model.output_stride=16", "train.epochs=3"])
+    assert cfg.train.lr == 0.01 and cfg.ray.use_gpu is True and cfg.model.pretrained is None
+    assert cfg.model.output_stride == 16 and cfg.train.epochs == 3
+
+
+def test_int_widens_to_float_but_not_the_reverse():
+    assert apply_overrides(Config(), {"loss.margin": 20}).loss.margin == 20.0
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got 2\.5"):
+        apply_overrides(Config(), {"train.epochs": 2.5})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=0.1", r"train\.lrr: unknown key; train accepts .*\blr\b"),
+    ("trian.lr=0.1", r"trian\.lr: unknown key; use SECTION\.KEY"),
+    ("loss.margin=-1", r"loss\.margin: must be >= 0"),
+    ("extension.threshold=1.0", r"extension\.threshold: must lie in the open interval \(0, 1\)"),
+    ("extension.threshold=0", r"extension\.threshold"),
+    ("extension.window=4", r"extension\.window: must be a positive odd number"),
+    ("train.supervision=points", r"train\.supervision: expected one of 'full', 'point'"),
+    ("model.output_stride=32", r"model\.output_stride: expected one of 8, 16"),
+    ("ray.use_gpu=yes please", r"ray\.use_gpu: expected bool"),
+    ("train.lr", r"expected KEY=VALUE"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_batch_smaller_than_workers_is_refused():
+    with pytest.raises(ConfigError, match=r"train\.batch_size: global batch 1 is smaller than "
+                                          r"ray\.num_workers=2"):
+        load_config(None, ["train.batch_size=1", "ray.num_workers=2"])
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  margin: -3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: loss\.margin: must be >= 0"):
+        load_config(bad)
+    bad.write_text("los:\n  margin: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: los: unknown section"):
+        load_config(bad)
+    bad.write_text("loss: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"missing\.yaml: config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_flat_view_has_every_field():
+    flat = Config().flat()
+    assert flat["loss.margin"] == 20.0 and flat["extension.threshold"] == 0.7
+    assert len(flat) == sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values())
+    assert set(SECTIONS) == {"data", "model", "loss", "extension", "train", "ray", "mlflow"}
+
+
+def test_resolve_paths_anchors_relative_paths(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = resolve_paths(from_dict({"data": {"root": "data/x"}}), tmp_path)
+    assert cfg.data.root == str(tmp_path / "data/x")
+    assert cfg.data.points_file == str(tmp_path / "data/x/points_train.parquet")
+    assert cfg.ray.storage_path == str(tmp_path / "ray_results")
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cfg.mlflow.artifact_location == str(tmp_path / "mlartifacts")
+    # Resolving twice changes nothing; URIs are left alone.
+    assert resolve_paths(cfg, "/elsewhere") == cfg
+    s3 = resolve_paths(from_dict({"ray": {"storage_path": "s3://bucket/runs"}}), tmp_path)
+    assert s3.ray.storage_path == "s3://bucket/runs"
+
+
+def test_mlflow_env_var_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    cfg = resolve_paths(from_dict({"mlflow": {"tracking_uri": "sqlite:///other.db"}}), tmp_path)
+    assert cfg.mlflow.tracking_uri == "http://tracking.example:5000"
+    assert cfg.mlflow.artifact_location is None  # the server decides
+
+
+def test_relative_sqlite_uri_is_anchored(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = resolve_paths(from_dict({"mlflow": {"tracking_uri": "sqlite:///runs/m.db"}}), tmp_path)
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'runs/m.db'}"
+    assert os.path.isabs(cfg.mlflow.artifact_location)
