@@ -1,0 +1,46 @@
+"""Write the point labels of a dataset split as Parquet: one point per instance, generated
+from the dense labels, or imported from a CSV/JSON file of clicks.
+
+    python -m jobs.prepare_points --dataset ade20k --root data/ADEChallengeData2016 \\
+        --split train --out data/ade_points_train.parquet --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pdml_ray.data import DATASETS, DataError, describe_points, prepare_points
+from pdml_ray.data.points import STRATEGIES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.prepare_points",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    parser.add_argument("--root", required=True, help="the dataset folder (its released layout)")
+    parser.add_argument("--split", default="train", choices=("train", "val"))
+    parser.add_argument("--out", required=True, help="the Parquet file to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random point choice")
+    parser.add_argument("--strategy", default="random", choices=STRATEGIES,
+                        help="random: any pixel of the instance; center: the pixel farthest "
+                             "from its border")
+    parser.add_argument("--import", dest="import_path", metavar="FILE",
+                        help="import points from FILE (.csv: image_id,y,x,class_id; .json: "
+                             '{image_id: [{"y","x","cls"}]}) instead of generating them')
+    args = parser.parse_args(argv)
+
+    try:
+        table, dataset = prepare_points(args.dataset, args.root, args.split, args.out,
+                                        seed=args.seed, strategy=args.strategy,
+                                        import_path=args.import_path)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    print(describe_points(table, dataset))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
