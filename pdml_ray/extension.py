@@ -1,0 +1,125 @@
+"""Online label extension (the paper's Eqs. 6-7) and its accuracy.
+
+During training the current classifier's confident predictions near the annotated points
+become extra labels for the point cross-entropy:
+
+- score (Eq. 6): pixel u is a candidate for class c = argmax_c p(c | u) when
+  ``max_c p(c | u) > threshold`` and c occurs among the image's points;
+- region: pixel u is a candidate for class c when it lies in the ``window x window``
+  square centred on a point of class c;
+- score+region (Eq. 7, the paper's method): candidates of both, for the same class, i.e.
+  the argmax at u is c, it is confident, and u lies in the square of a point of class c.
+
+Points always keep their own labels; every pixel not extended is ``ignore_index``.
+
+The region test reads each pixel's ``window x window`` neighbourhood of the point label
+map (``F.unfold``) instead of max-pooling one-hot class maps: memory is then
+``window**2 x B x H x W`` whatever the number of classes (150 for ADE20K).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EXTENSION_METHODS = ("score+region", "region", "score")
+
+
+def _neighbourhood_labels(point_labels: torch.Tensor, window: int,
+                          ignore_index: int) -> torch.Tensor:
+    """``(B, window**2, H, W)``: the point labels in each pixel's square, row-major offsets."""
+    batch, height, width = point_labels.shape
+    half = window // 2
+    # float32 holds integer labels exactly; padding with ignore keeps borders label-free.
+    padded = F.pad(point_labels.float().unsqueeze(1), (half, half, half, half), value=ignore_index)
+    patches = F.unfold(padded, kernel_size=window)  # (B, window**2, H*W)
+    return patches.long().view(batch, window * window, height, width)
+
+
+def _chebyshev_offsets(window: int, device: torch.device) -> torch.Tensor:
+    """``(window**2,)`` Chebyshev distance of each offset of the square from its centre."""
+    half = window // 2
+    steps = torch.arange(-half, half + 1, device=device).abs()
+    return torch.maximum(steps[:, None], steps[None, :]).reshape(-1)
+
+
+@torch.no_grad()
+def online_extension(probs: torch.Tensor, point_labels: torch.Tensor, *, threshold: float = 0.7,
+                     window: int = 5, method: str = "score+region",
+                     ignore_index: int = 255) -> torch.Tensor:
+    """Extend point labels to confident pixels near the points (Eqs. 6-7).
+
+    Args:
+        probs: ``(B, C, H, W)`` softmax probabilities of the current model.
+        point_labels: ``(B, H, W)`` class ids at the annotated points, ``ignore_index``
+            elsewhere.
+        threshold: the paper's thr; a pixel is confident when its max probability is
+            strictly greater.
+        window: odd side of the square around each point (paper: 5).
+        method: "score+region" (Eq. 7), "region" or "score" (paper Table 5).
+            "region" labels every pixel in the square of a point of class c with c;
+            where squares of different classes overlap, the nearer point (Chebyshev
+            distance) wins and equal distances go to the lower class id. "score" labels
+            every confident pixel whose argmax occurs among the image's points.
+            "score+region" needs the argmax class c to be confident and a point of c
+            within the square, so overlaps resolve to the argmax.
+
+    Returns:
+        ``(B, H, W)`` long: the points' own labels, extended labels, ``ignore_index``
+        elsewhere.
+    """
+    if method not in EXTENSION_METHODS:
+        raise ValueError(f"method must be one of {', '.join(EXTENSION_METHODS)}, got {method!r}")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number, got {window}")
+    if probs.dim() != 4 or probs.shape[0] != point_labels.shape[0] \
+            or probs.shape[2:] != point_labels.shape[1:]:
+        raise ValueError(f"expected probs (B, C, H, W) and point_labels (B, H, W), got "
+                         f"{tuple(probs.shape)} and {tuple(point_labels.shape)}")
+    num_classes = probs.shape[1]
+    point_labels = point_labels.long()
+    is_point = point_labels != ignore_index
+    if bool(((point_labels[is_point] < 0) | (point_labels[is_point] >= num_classes)).any()):
+        raise ValueError(f"point labels must lie in [0, {num_classes}) or be {ignore_index}")
+
+    if method == "region":
+        nearby = _neighbourhood_labels(point_labels, window, ignore_index)
+        # Rank neighbours by (Chebyshev distance, class id); ignore ranks last.
+        distance = _chebyshev_offsets(window, point_labels.device).view(1, -1, 1, 1)
+        rank = (distance * num_classes + nearby).masked_fill(nearby == ignore_index,
+                                                             torch.iinfo(torch.long).max)
+        extended = nearby.gather(1, rank.argmin(dim=1, keepdim=True)).squeeze(1)
+    else:
+        confidence, predicted = probs.max(dim=1)
+        confident = confidence > threshold
+        if method == "score":
+            present = torch.zeros(point_labels.shape[0], num_classes + 1, dtype=torch.bool,
+                                  device=probs.device)
+            # Column num_classes collects the non-points and is never read.
+            point_classes = torch.where(is_point, point_labels, num_classes)
+            present.scatter_(1, point_classes.flatten(1), True)
+            in_label_set = present.gather(1, predicted.flatten(1)).view_as(predicted)
+            accept = confident & in_label_set
+        else:
+            nearby = _neighbourhood_labels(point_labels, window, ignore_index)
+            accept = confident & (nearby == predicted.unsqueeze(1)).any(dim=1)
+        extended = torch.where(accept, predicted, torch.full_like(predicted, ignore_index))
+    return torch.where(is_point, point_labels, extended)
+
+
+def extension_accuracy(extended: torch.Tensor, point_labels: torch.Tensor, mask: torch.Tensor,
+                       ignore_index: int = 255) -> tuple[int, int]:
+    """How many newly labelled pixels match the dense ground truth (paper Table 5).
+
+    Args:
+        extended: ``(B, H, W)`` output of :func:`online_extension`.
+        point_labels: ``(B, H, W)`` the original points.
+        mask: ``(B, H, W)`` dense ground truth, ``ignore_index`` where unknown.
+
+    Returns:
+        ``(correct, total)`` over pixels labelled in ``extended``, not a point, and not
+        ignored in ``mask``. The accuracy is ``correct / total`` (undefined at total 0).
+    """
+    new = (extended != ignore_index) & (point_labels == ignore_index) & (mask != ignore_index)
+    correct = (new & (extended == mask)).sum()
+    return int(correct), int(new.sum())

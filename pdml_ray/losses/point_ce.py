@@ -1,0 +1,29 @@
+"""Point-wise cross-entropy (the paper's Eq. 2), averaged over labelled pixels only."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                        ignore_index: int = 255) -> torch.Tensor:
+    """Mean negative log-likelihood of the labelled pixels.
+
+    Args:
+        logits: ``(B, C, H, W)`` class scores (or ``(N, C)`` for a flat set of points).
+        labels: ``(B, H, W)`` long class ids, ``ignore_index`` where there is no label
+            (or ``(N,)``).
+
+    Returns:
+        A scalar: the sum of ``-log softmax(logits)[label]`` over labelled pixels divided
+        by their number, over the whole batch. Eq. 2 normalises per image before Eq. 1
+        sums the images; with the same number of points in every image the two differ
+        only by the constant factor B. With no labelled pixel it is exactly 0 and still
+        carries a (zero) gradient, never NaN.
+    """
+    num_labelled = (labels != ignore_index).sum()
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    # With nothing labelled the sum is an exact 0 connected to the graph; clamping the
+    # count keeps it 0 (not 0/0) without a host sync on the count.
+    return total / num_labelled.clamp(min=1)

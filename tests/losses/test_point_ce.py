@@ -1,0 +1,50 @@
+"""Point cross-entropy (Eq. 2): closed-form values, ignored pixels, empty input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pdml_ray.losses import point_cross_entropy
+
+IGNORE = 255
+
+
+def test_one_hot_logits_closed_form():
+    # Logit s on the labelled class and 0 on the C - 1 others: CE = log(1 + (C-1) e^-s).
+    num_classes, s = 4, 3.0
+    labels = torch.full((1, 2, 3), IGNORE)
+    labels[0, 0, 1], labels[0, 1, 2] = 2, 0
+    logits = torch.zeros(1, num_classes, 2, 3)
+    logits[0, 2, 0, 1] = s
+    logits[0, 0, 1, 2] = s
+    logits[0, 1] = 50.0  # a confident wrong class on every unlabelled pixel must not count
+    logits[0, 1, 0, 1] = logits[0, 1, 1, 2] = 0.0
+    expected = math.log(1 + (num_classes - 1) * math.exp(-s))
+    assert point_cross_entropy(logits, labels).item() == pytest.approx(expected)
+
+
+def test_mean_over_labelled_pixels_of_the_whole_batch():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7, generator=g)
+    labels = torch.full((2, 6, 7), IGNORE)
+    labels[0, 1, 1], labels[0, 2, 3], labels[1, 5, 6] = 1, 4, 0
+    log_p = logits.log_softmax(dim=1)
+    expected = -(log_p[0, 1, 1, 1] + log_p[0, 4, 2, 3] + log_p[1, 0, 5, 6]) / 3
+    assert point_cross_entropy(logits, labels).item() == pytest.approx(expected.item())
+
+
+def test_nothing_labelled_is_zero_with_gradient():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = point_cross_entropy(logits, torch.full((2, 4, 4), IGNORE))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_flat_points_and_custom_ignore_index():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    loss = point_cross_entropy(logits, torch.tensor([0, -1]), ignore_index=-1)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2.0)))
