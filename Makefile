@@ -22,7 +22,7 @@ setup: $(STAMP)
 ## demo: train on synthetic scenes with 2 local Ray workers, register the model, print val mIoU
 demo: setup
 	@mkdir -p $(RAY_TMPDIR)
-	$(PY) -m jobs.train --config configs/demo.yaml $(ARGS)
+	$(PY) -m jobs.train $(ARGS)
 
 ## test: the whole suite (unit tests, then end-to-end runs on a real local Ray + sqlite MLflow)
 test: setup

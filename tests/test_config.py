@@ -74,8 +74,20 @@ def test_yaml_file_errors_name_the_file(tmp_path):
 def test_flat_view_has_every_field():
     flat = Config().flat()
     assert flat["loss.margin"] == 20.0 and flat["extension.threshold"] == 0.7
-    assert len(flat) == sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values())
-    assert set(SECTIONS) == {"data", "model", "loss", "extension", "train", "ray", "mlflow"}
+    assert len(flat) == sum(len(dataclasses.fields(cls)) for name, cls in SECTIONS.items()
+                            if name != "sweep")
+    assert set(SECTIONS) == {"data", "model", "loss", "extension", "train", "ray", "mlflow",
+                             "sweep"}
+
+
+def test_list_fields_take_yaml_lists_and_check_items():
+    cfg = load_config(None, ["sweep.margins=[8, 12.5]", "sweep.thresholds=0.6"])
+    assert cfg.sweep.margins == (8.0, 12.5) and cfg.sweep.thresholds == (0.6,)
+    with pytest.raises(ConfigError, match=r"sweep\.margins\[1\]: expected float, got 'x'"):
+        load_config(None, ["sweep.margins=[8, x]"])
+    with pytest.raises(ConfigError, match=r"sweep\.thresholds: needs at least one threshold"):
+        load_config(None, ["sweep.thresholds=[0.5, 1.5]"])
+    assert load_config(None, ["sweep.margins=[8, 12]"]) == load_config(None, ["sweep.margins=[8, 12]"])
 
 
 def test_resolve_paths_anchors_relative_paths(tmp_path, monkeypatch):

@@ -1,0 +1,129 @@
+"""The pure-torch training step and loop, in one process on CPU (no Ray, no MLflow)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from pdml_ray.config import Config, from_dict
+from pdml_ray.data import build_dataset, ensure_synthetic
+from pdml_ray.engine import (InBatchMiner, compute_loss, evaluate, make_optimizer, poly_lr,
+                             train_one_epoch)
+from pdml_ray.losses import point_cross_entropy
+from pdml_ray.models import build_model
+
+
+def test_poly_lr_closed_form():
+    assert poly_lr(0.01, 0, 100, 0.8) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.8) == pytest.approx(0.01 * 0.5 ** 0.8)
+    assert poly_lr(0.01, 100, 100, 0.8) == 0.0
+    assert poly_lr(0.01, 150, 100, 0.8) == 0.0  # never negative past the end
+
+
+def test_optimizer_groups_follow_the_head_multiplier():
+    cfg = from_dict({"train": {"optimizer": "sgd", "lr": 0.1, "head_lr_mult": 10.0}})
+    model = build_model(num_classes=3, backbone="resnet18")
+    optimizer = make_optimizer(cfg, model)
+    lrs = sorted(group["lr"] for group in optimizer.param_groups)
+    assert lrs == [pytest.approx(0.1), pytest.approx(1.0)]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+
+
+def _fake_step(num_classes=3, size=16, dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, num_classes, size, size, generator=g, requires_grad=True)
+    embed = torch.randn(2, dim, size // 4, size // 4, generator=g, requires_grad=True)
+    mask = torch.randint(0, num_classes, (2, size, size), generator=g)
+    points = torch.full_like(mask, 255)
+    for b, (y, x) in itertools.product(range(2), [(2, 3), (9, 12), (13, 5)]):
+        points[b, y, x] = mask[b, y, x]
+    batch = {"point_labels": points, "mask": mask, "image_index": torch.tensor([10, 11])}
+    return {"out": logits, "embed": embed}, batch
+
+
+def test_compute_loss_modes():
+    output, batch = _fake_step()
+    full = from_dict({"train": {"supervision": "full"}})
+    loss, logs = compute_loss(output, batch, cfg=full, epoch=0, miner=None)
+    assert loss.item() == pytest.approx(point_cross_entropy(output["out"], batch["mask"]).item())
+    assert "loss_pdml" not in logs
+
+    point = from_dict({"train": {"supervision": "point"}})
+    loss, _ = compute_loss(output, batch, cfg=point, epoch=0, miner=None)
+    assert loss.item() == pytest.approx(
+        point_cross_entropy(output["out"], batch["point_labels"]).item())
+
+    pdml = from_dict({"train": {"supervision": "point+pdml"}, "loss": {"pdml_weight": 0.5}})
+    loss, logs = compute_loss(output, batch, cfg=pdml, epoch=0, miner=InBatchMiner(pdml.loss))
+    assert logs["triplets"] > 0
+    assert loss.item() == pytest.approx(logs["loss_ce"] + 0.5 * logs["loss_pdml"], rel=1e-6)
+
+
+def test_extension_starts_at_its_epoch():
+    output, batch = _fake_step()
+    cfg = from_dict({"train": {"supervision": "point+pdml+ext"},
+                     "extension": {"start_epoch": 2, "threshold": 0.01, "window": 5}})
+    _, before = compute_loss(output, batch, cfg=cfg, epoch=1, miner=InBatchMiner(cfg.loss))
+    _, after = compute_loss(output, batch, cfg=cfg, epoch=2, miner=InBatchMiner(cfg.loss))
+    assert "ext_pixels" not in before
+    assert after["ext_pixels"] > 0  # a threshold of 0.01 extends around every point
+    assert after["loss_ce"] != before["loss_ce"]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine") / "synthetic"
+    data = from_dict({"data": {"root": str(root), "synthetic_train": 8, "synthetic_val": 2,
+                               "synthetic_size": 48, "crop_size": 48, "scale_min": 1.0,
+                               "scale_max": 1.0, "hflip": False}}).data
+    ensure_synthetic(data)
+    return data
+
+
+@pytest.mark.parametrize("mode", ["full", "point", "point+pdml", "point+pdml+ext"])
+def test_training_lowers_loss_and_raises_train_miou(scenes, mode):
+    torch.manual_seed(0)
+    cfg = Config(data=scenes).replace(**{
+        "train.supervision": mode, "train.optimizer": "adamw", "train.lr": 3e-3,
+        "train.head_lr_mult": 1.0, "train.log_every_steps": 4, "train.batch_size": 4,
+        "loss.margin": 5.0, "loss.subgroup_size": 2, "extension.start_epoch": 3,
+        "model.backbone": "resnet18"})
+    train = build_dataset(cfg.data, "train")
+    loader = DataLoader(train, batch_size=4, shuffle=False)
+    model = build_model(num_classes=train.num_classes, backbone="resnet18")
+    optimizer = make_optimizer(cfg, model)
+    miner = InBatchMiner(cfg.loss)
+    device = torch.device("cpu")
+
+    before = evaluate(model, loader, num_classes=train.num_classes, device=device)["miou"]
+    logged: list[dict] = []
+    step, epochs = 0, 10
+    for epoch in range(epochs):
+        step = train_one_epoch(model, loader, optimizer, cfg=cfg, epoch=epoch, start_step=step,
+                               total_steps=epochs * len(loader), device=device, miner=miner,
+                               on_log=lambda s, means: logged.append(means))
+    after = evaluate(model, loader, num_classes=train.num_classes, device=device)["miou"]
+
+    assert step == epochs * len(loader)
+    assert logged[-1]["loss"] < 0.7 * logged[0]["loss"]
+    assert after > before + 0.05
+    if "pdml" in mode:
+        assert all(means["triplets"] > 0 for means in logged)
+    if mode.endswith("+ext"):
+        assert "ext_accuracy" in logged[-1] and 0.0 <= logged[-1]["ext_accuracy"] <= 1.0
+
+
+def test_non_finite_loss_stops_training(scenes):
+    cfg = Config(data=scenes).replace(**{"train.supervision": "point", "train.batch_size": 4,
+                                         "model.backbone": "resnet18"})
+    train = Subset(build_dataset(cfg.data, "train"), [0, 1, 2, 3])
+    model = build_model(num_classes=8, backbone="resnet18")
+    with torch.no_grad():
+        next(model.classifier.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 0"):
+        train_one_epoch(model, DataLoader(train, batch_size=4), make_optimizer(cfg, model),
+                        cfg=cfg, epoch=0, start_step=0, total_steps=1,
+                        device=torch.device("cpu"))
