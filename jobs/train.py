@@ -1,0 +1,44 @@
+"""Train a scene parser from point labels on Ray and register it in MLflow.
+
+    python -m jobs.train [--config FILE] [--set train.epochs=5 ...]
+    ray job submit --working-dir . -- python -m jobs.train --project-dir "$PWD" ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs.cli import add_config_arguments, config_from_args, run_cli
+from pdml_ray.config import dump_config
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    args = parser.parse_args()
+    cfg = config_from_args(args)
+
+    from pdml_ray.service.driver import run_training
+    from pdml_ray.service.runtime import configure_logging, ray_session
+
+    configure_logging()
+    print(dump_config(cfg))
+    with ray_session(cfg.ray.address):
+        result = run_training(cfg)
+    print(f"\nRay run        {result.run_name}")
+    print(f"MLflow run     {result.mlflow_run_id} in {cfg.mlflow.tracking_uri}")
+    print(f"best val mIoU  {result.best_val_miou:.4f}   pixel acc {result.best_val_pixel_acc:.4f}")
+    print(f"checkpoint     {result.checkpoint_path}")
+    if result.registered is not None:
+        reg = result.registered
+        alias = cfg.mlflow.champion_alias
+        verdict = (f"now @{alias}" if reg.is_champion else f"@{alias} unchanged (not better)")
+        print(f"registered     models:/{reg.name}/{reg.version}  ({verdict})")
+    print(f"\nSee it in the MLflow UI:\n  .venv/bin/mlflow ui --backend-store-uri "
+          f"{cfg.mlflow.tracking_uri} --port 5000   # then open http://127.0.0.1:5000")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

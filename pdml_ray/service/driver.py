@@ -1,0 +1,118 @@
+"""The driver: one function that trains a model on Ray and puts it in the registry.
+
+``run_training`` serves ``jobs.train`` and every Ray Tune trial alike: it checks the
+tracking store, prepares the data, opens (or resumes) the MLflow run, starts the
+EmbeddingStore when asked, runs the TorchTrainer, then registers the best checkpoint.
+It expects Ray to be initialised by its caller (a job's ``ray_session`` or a Tune trial).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pdml_ray.config import Config, resolve_paths
+from pdml_ray.data import build_dataset, ensure_synthetic
+from pdml_ray.service.checkpoint import load_training_state
+from pdml_ray.service.registry import RegisteredModel, log_and_register
+from pdml_ray.service.store import create_store, store_actor_name
+from pdml_ray.service.tracking import MetricLogger, check_tracking_store, end_run, start_run
+from pdml_ray.service.worker import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    run_name: str
+    mlflow_run_id: str
+    best_val_miou: float
+    best_val_pixel_acc: float
+    per_class_iou: list[float]
+    checkpoint_path: str
+    registered: RegisteredModel | None
+
+
+def unique_run_name(prefix: str = "pdml") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def prepare_data(cfg: Config) -> None:
+    """Generate synthetic scenes if needed and open both splits once on the driver, so
+    that a bad dataset or points file fails here with its message, not in every worker."""
+    if cfg.data.dataset == "synthetic":
+        ensure_synthetic(cfg.data)
+    for split in ("train", "val"):
+        build_dataset(cfg.data, split)
+
+
+def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
+                  callbacks: Sequence = ()) -> TorchTrainer:
+    scaling = ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                            resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
+                                                  **({"GPU": 1} if cfg.ray.use_gpu else {})})
+    run_config = RunConfig(
+        name=run_name, storage_path=cfg.ray.storage_path,
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.ray.keep_checkpoints,
+                                           checkpoint_score_attribute="val_miou",
+                                           checkpoint_score_order="max"),
+        failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+        callbacks=list(callbacks))
+    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+                        scaling_config=scaling, run_config=run_config,
+                        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"))
+
+
+def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | None = None,
+                 tags: dict[str, str] | None = None) -> TrainingResult:
+    """Train, evaluate and register; returns the best checkpoint's scores."""
+    cfg = resolve_paths(cfg)
+    uri = cfg.mlflow.tracking_uri
+    check_tracking_store(uri)
+    prepare_data(cfg)
+    run_name = cfg.ray.run_name or unique_run_name()
+    run_id = start_run(cfg, ray_run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    log.info("Ray run %s -> MLflow run %s in %s", run_name, run_id, uri)
+    store = None
+    if cfg.loss.mining == "global+store" and cfg.uses_pdml:
+        store = create_store(run_name, cfg.loss.store_capacity, seed=cfg.train.seed)
+    loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
+                   "store_name": store_actor_name(run_name) if store is not None else None}
+    try:
+        result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
+                               callbacks=callbacks).fit()
+        if result.error is not None:
+            raise result.error
+        best = result.get_best_checkpoint(metric="val_miou", mode="max")
+        if best is None:
+            raise RuntimeError(f"Ray run {run_name} finished without a checkpoint")
+        with best.as_directory() as folder:
+            state = load_training_state(folder)
+        scores = state["metrics"]
+        MetricLogger(uri, run_id).log({"best_val_miou": scores["val_miou"],
+                                       "best_val_pixel_acc": scores["val_pixel_acc"]},
+                                      step=int(scores["step"]))
+        registered = None
+        if cfg.mlflow.register:
+            registered = log_and_register(cfg, run_id=run_id, state_dict=state["model"],
+                                          val_miou=scores["val_miou"],
+                                          per_class_iou=scores["per_class_iou"])
+    except BaseException:
+        end_run(uri, run_id, failed=True)
+        raise
+    finally:
+        if store is not None:
+            ray.kill(store)
+    end_run(uri, run_id)
+    return TrainingResult(run_name=run_name, mlflow_run_id=run_id,
+                          best_val_miou=scores["val_miou"],
+                          best_val_pixel_acc=scores["val_pixel_acc"],
+                          per_class_iou=list(scores["per_class_iou"]),
+                          checkpoint_path=best.path, registered=registered)

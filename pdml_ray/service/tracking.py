@@ -1,0 +1,173 @@
+"""MLflow tracking: experiment and run set-up on the driver, metric logging on rank 0.
+
+The driver creates (or, for a reused Ray run name, finds again) one MLflow run and
+passes its id to the workers, so a restarted worker group keeps logging into the same
+run instead of opening a duplicate. Rank 0 logs through :class:`MetricLogger`, which
+buffers metrics while the tracking store is unreachable and retries, so a transient
+outage does not stop training; what it finally has to drop, it says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from pdml_ray.config import Config
+
+log = logging.getLogger(__name__)
+
+RUN_NAME_TAG = "pdml.ray_run_name"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking store cannot be reached; the message names the URI."""
+
+
+def check_tracking_store(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, before any worker starts, when the tracking store is unreachable."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+                if response.status != 200:
+                    raise TrackingUnavailable(f"MLflow tracking server {uri} answered "
+                                              f"HTTP {response.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {exc}. "
+                                      "Check MLFLOW_TRACKING_URI / mlflow.tracking_uri.") from None
+        return
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingUnavailable(f"MLflow store {uri}: cannot create {folder}: {exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise TrackingUnavailable(f"MLflow store {uri}: folder {folder} is not writable")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise TrackingUnavailable(f"MLflow tracking store {uri} is unusable: {exc}") from None
+
+
+@contextmanager
+def tracking_uri_scope(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for a block, then put things back.
+
+    ``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI for the whole process;
+    left in place, it would redirect every later run of a long-lived process (a Tune
+    trial, a notebook, a test session) to this store.
+    """
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _param_value(value: Any) -> str:
+    return "None" if value is None else str(value)
+
+
+def start_run(cfg: Config, *, ray_run_name: str, parent_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None) -> str:
+    """The MLflow run for this Ray run: reused when the name was seen before (resume)."""
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    exp_id = experiment_id(client, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{ray_run_name}'",
+                               max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        log.info("resuming MLflow run %s for Ray run %s", run_id, ray_run_name)
+        return run_id
+    all_tags = {RUN_NAME_TAG: ray_run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client.create_run(exp_id, run_name=ray_run_name, tags=all_tags)
+    params = [Param(key, _param_value(value)) for key, value in cfg.flat().items()]
+    for start in range(0, len(params), 100):  # log_batch takes at most 100 params
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, *, failed: bool = False) -> None:
+    status = RunStatus.FAILED if failed else RunStatus.FINISHED
+    MlflowClient(uri).set_terminated(run_id, status=RunStatus.to_string(status))
+
+
+class MetricLogger:
+    """Logs metric dicts to one MLflow run, buffering and retrying while it is unreachable.
+
+    At most ``max_buffer`` metric points wait; beyond that the oldest are dropped with a
+    warning that says how many, so memory stays bounded on a long outage.
+    """
+
+    def __init__(self, uri: str, run_id: str, *, max_buffer: int = 100_000):
+        self.client = MlflowClient(uri)
+        self.uri, self.run_id, self.max_buffer = uri, run_id, max_buffer
+        self.buffer: list[Metric] = []
+        self.dropped = 0
+        self.failing_since: float | None = None
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.buffer.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+        overflow = len(self.buffer) - self.max_buffer
+        if overflow > 0:
+            self.buffer = self.buffer[overflow:]
+            self.dropped += overflow
+            log.warning("MLflow %s unreachable: dropped %d oldest metric points (%d so far)",
+                        self.uri, overflow, self.dropped)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send what is buffered; False (and the buffer kept) when the store is down."""
+        while self.buffer:
+            chunk = self.buffer[:1000]  # log_batch takes at most 1000 metrics
+            try:
+                self.client.log_batch(self.run_id, metrics=chunk)
+            except Exception as exc:
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                    log.warning("MLflow %s unreachable (%s); buffering %d metric points and "
+                                "retrying", self.uri, type(exc).__name__, len(self.buffer))
+                return False
+            del self.buffer[:len(chunk)]
+        if self.failing_since is not None:
+            log.warning("MLflow %s reachable again after %.0f s; buffered metrics sent",
+                        self.uri, time.time() - self.failing_since)
+            self.failing_since = None
+        return True
+
+    def log_artifact_text(self, text: str, artifact_file: str) -> None:
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+        except Exception as exc:
+            log.warning("could not log artifact %s to MLflow: %s", artifact_file, exc)

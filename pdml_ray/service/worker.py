@@ -1,0 +1,121 @@
+"""The per-worker training loop that Ray Train runs on every DDP worker."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+
+import ray.train
+import ray.train.torch
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from pdml_ray.config import from_dict
+from pdml_ray.data import build_dataset, pad_collate
+from pdml_ray.engine import evaluate, make_optimizer, train_one_epoch
+from pdml_ray.models import build_model
+from pdml_ray.service.checkpoint import load_training_state, save_training_state
+from pdml_ray.service.mining import build_miner
+from pdml_ray.service.store import StoreClient
+from pdml_ray.service.tracking import MetricLogger
+
+log = logging.getLogger(__name__)
+
+
+def _loaders(cfg, rank: int, world: int):
+    train_set = build_dataset(cfg.data, "train")
+    val_set = build_dataset(cfg.data, "val")
+    local_batch = cfg.train.batch_size // world
+    train_loader = DataLoader(train_set, batch_size=local_batch, shuffle=True, drop_last=True,
+                              num_workers=cfg.data.loader_workers,
+                              persistent_workers=cfg.data.loader_workers > 0)
+    # prepare_data_loader adds the DistributedSampler and moves batches to the device.
+    train_loader = ray.train.torch.prepare_data_loader(train_loader)
+    # Validation is sharded by hand, without the sampler's padding, so that the
+    # all-reduced confusion matrix counts every image exactly once.
+    val_shard = Subset(val_set, list(range(rank, len(val_set), world)))
+    val_loader = DataLoader(val_shard, batch_size=max(local_batch, 1), collate_fn=pad_collate,
+                            num_workers=cfg.data.loader_workers)
+    return train_set, train_loader, val_loader, local_batch
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg = from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg.train.seed + rank)
+    device = ray.train.torch.get_device()
+
+    train_set, train_loader, val_loader, local_batch = _loaders(cfg, rank, world)
+    model = build_model(num_classes=train_set.num_classes, backbone=cfg.model.backbone,
+                        output_stride=cfg.model.output_stride, head=cfg.model.head,
+                        pretrained=cfg.model.pretrained)
+    optimizer = make_optimizer(cfg, model)  # param groups need the unwrapped backbone/classifier
+    model = ray.train.torch.prepare_model(model)
+    use_amp = cfg.train.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    step, start_epoch = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_training_state(folder, map_location=device)
+        getattr(model, "module", model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        step, start_epoch = state["step"], state["epoch"]
+        log.info("rank %d resumed at step %d, epoch %d", rank, step, start_epoch)
+
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    store = (StoreClient(loop_config["store_name"], rank=rank)
+             if loop_config.get("store_name") else None)
+    miner = build_miner(cfg.loss, local_batch_size=local_batch, store=store, start_step=step)
+    tracker = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+
+    def on_log(at_step: int, means: dict) -> None:
+        if tracker is not None:
+            means["images_per_s"] = means["images_per_s"] * world
+            tracker.log(means, step=at_step)
+            log.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s", at_step, total_steps,
+                     means["loss"], means["lr"], means["images_per_s"])
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if step >= total_steps:
+            break
+        if world > 1:
+            train_loader.sampler.set_epoch(epoch)
+        step = train_one_epoch(model, train_loader, optimizer, cfg=cfg, epoch=epoch,
+                               start_step=step, total_steps=total_steps, device=device,
+                               miner=miner, scaler=scaler, on_log=on_log)
+        last = epoch + 1 == cfg.train.epochs or step >= total_steps
+        if not last and (epoch + 1) % cfg.train.eval_every_epochs:
+            continue
+        scores = evaluate(model, val_loader, num_classes=train_set.num_classes, device=device)
+        metrics = {"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"],
+                   "epoch": epoch + 1, "step": step}
+        if tracker is not None:
+            tracker.log({"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"]}, step=step)
+            tracker.log_artifact_text(per_class_table(train_set.classes, scores["per_class_iou"]),
+                                      f"per_class_iou/epoch_{epoch + 1:03d}.md")
+        with tempfile.TemporaryDirectory() as folder:
+            report_checkpoint = None
+            if rank == 0:
+                save_training_state(folder, model=model, optimizer=optimizer, scaler=scaler,
+                                    step=step, epoch=epoch + 1, config=loop_config["config"],
+                                    metrics={**metrics, "per_class_iou": scores["per_class_iou"]})
+                report_checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=report_checkpoint)
+    if tracker is not None and not tracker.flush():
+        log.warning("MLflow still unreachable at the end: %d metric points not logged",
+                    len(tracker.buffer))
+
+
+def per_class_table(class_names, per_class_iou) -> str:
+    """A markdown table of per-class IoU (NaN: class absent from prediction and truth)."""
+    rows = ["| class | IoU |", "|---|---|"]
+    rows += [f"| {name} | {iou:.4f} |" for name, iou in zip(class_names, per_class_iou)]
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,121 @@
+"""End-to-end: real local Ray (2 CPU workers), real sqlite MLflow, tiny synthetic scenes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from pdml_ray.config import from_dict, resolve_paths
+from pdml_ray.service.checkpoint import CHECKPOINT_FILE
+from pdml_ray.service.driver import run_training
+from pdml_ray.service.store import STORE_NAMESPACE, store_actor_name
+from pdml_ray.service.tracking import tracking_uri_scope
+
+pytestmark = pytest.mark.ray
+
+
+def tiny_config(tmp_path, data_root, mlflow_uri, **sections):
+    raw = {
+        "data": {"dataset": "synthetic", "root": str(data_root), "crop_size": 48,
+                 "scale_min": 0.8, "scale_max": 1.2, "synthetic_train": 16,
+                 "synthetic_val": 6, "synthetic_size": 48, "synthetic_seed": 3},
+        "model": {"backbone": "resnet18", "output_stride": 8, "head": "aspp"},
+        "loss": {"margin": 5.0, "pdml_weight": 0.1, "subgroup_size": 2, "mining": "global"},
+        "extension": {"start_epoch": 1},
+        "train": {"supervision": "point+pdml+ext", "epochs": 3, "batch_size": 4,
+                  "optimizer": "adamw", "lr": 2e-3, "head_lr_mult": 1.0, "weight_decay": 1e-4,
+                  "log_every_steps": 1, "seed": 0},
+        "ray": {"num_workers": 2, "storage_path": str(tmp_path / "ray_results"),
+                "max_failures": 0},
+        "mlflow": {"tracking_uri": mlflow_uri, "artifact_location": str(tmp_path / "artifacts"),
+                   "experiment": "e2e", "registered_model": "pdml-scene-parser"},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return resolve_paths(from_dict(raw), tmp_path)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("scenes") / "synthetic"
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlflow_uri):
+    cfg = tiny_config(tmp_path, data_root, mlflow_uri, ray={"run_name": "e2e-resume"})
+    first = run_training(cfg)
+
+    # A checkpoint holding the model was written; MLflow has params and metrics.
+    assert (Path(first.checkpoint_path) / CHECKPOINT_FILE).is_file()
+    run = MlflowClient(mlflow_uri).get_run(first.mlflow_run_id)
+    assert run.data.params["loss.margin"] == "5.0"
+    assert run.data.params["extension.threshold"] == "0.7"
+    for key in ("loss", "loss_ce", "loss_pdml", "dis_pos", "dis_neg", "lr", "images_per_s",
+                "val_miou", "val_pixel_acc", "ext_accuracy"):
+        assert key in run.data.metrics, key
+    losses = [value for _, value in metric_history(mlflow_uri, first.mlflow_run_id, "loss")]
+    assert len(losses) == 12  # 3 epochs x 4 steps, logged every step
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])  # the loss falls
+    assert 0.0 <= first.best_val_miou <= 1.0
+
+    # The registered model loads by alias and predicts at a size never seen in training.
+    assert first.registered is not None and first.registered.is_champion
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the driver left no global behind
+    with tracking_uri_scope(mlflow_uri):
+        model = mlflow.pyfunc.load_model("models:/pdml-scene-parser@champion")
+    image = np.random.default_rng(0).integers(0, 256, (2, 37, 61, 3), dtype=np.uint8)
+    prediction = model.predict(image)
+    assert prediction.shape == (2, 37, 61) and prediction.dtype == np.int64
+    assert prediction.min() >= 0 and prediction.max() < 8
+
+    # Same run name, more epochs: Ray resumes from the checkpoint into the same MLflow run.
+    longer = cfg.replace(**{"train.epochs": 4})
+    second = run_training(longer)
+    assert second.mlflow_run_id == first.mlflow_run_id
+    steps = [step for step, _ in metric_history(mlflow_uri, first.mlflow_run_id, "loss")]
+    assert steps[:12] == list(range(1, 13))
+    assert steps[12:] == [13, 14, 15, 16]  # continued at step 13, not restarted from 1
+
+
+def test_killed_store_does_not_fail_the_run(ray_cluster, tmp_path, data_root, mlflow_uri):
+    cfg = tiny_config(tmp_path, data_root, mlflow_uri,
+                      loss={"mining": "global+store", "store_capacity": 64, "store_samples": 32},
+                      train={"epochs": 4}, ray={"run_name": "e2e-store"},
+                      mlflow={"register": False})
+    killed = threading.Event()
+
+    def kill_store_once_used():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                store = ray.get_actor(store_actor_name("e2e-store"), namespace=STORE_NAMESPACE)
+                if ray.get(store.stats.remote(), timeout=5)["pushes"] >= 4:
+                    ray.kill(store, no_restart=False)  # Ray restarts it, empty
+                    killed.set()
+                    return
+            except Exception:
+                pass
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_store_once_used, daemon=True)
+    killer.start()
+    result = run_training(cfg)
+    killer.join(timeout=5)
+    assert killed.is_set()
+    history = dict(metric_history(mlflow_uri, result.mlflow_run_id, "store_hit"))
+    assert max(history.values()) > 0  # store triplets were used
+    failures = [v for _, v in metric_history(mlflow_uri, result.mlflow_run_id, "store_failures")]
+    restarts = [v for _, v in metric_history(mlflow_uri, result.mlflow_run_id, "store_restarts")]
+    assert max(failures + restarts) > 0  # the outage was noticed and logged
+    assert len(metric_history(mlflow_uri, result.mlflow_run_id, "loss")) == 16  # all steps ran
