@@ -16,24 +16,25 @@ os.environ.pop("RAY_ADDRESS", None)  # tests never attach to a user's cluster
 
 
 @pytest.fixture(scope="session")
-def ray_tmpdir():
-    # Short path: Ray's unix sockets live under it and have a ~100 character limit.
-    folder = tempfile.mkdtemp(prefix="pdmlray-", dir="/tmp")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(ray_tmpdir):
-    """One real local Ray (2 CPUs) for all end-to-end tests of a session."""
+def ray_cluster():
+    """One real local Ray (2 CPUs) for all end-to-end tests of a session, with its files
+    in a private temporary folder that is removed afterwards."""
     import ray
 
-    os.environ["RAY_TMPDIR"] = ray_tmpdir
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmpdir,
-             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
-                                       "MLFLOW_DISABLE_TELEMETRY": "true"}})
+    from pdml_ray.service.runtime import start_local_ray
+
+    previous = os.environ.get("RAY_TMPDIR")
+    # A short base: Ray's unix sockets live below it (~107 byte path limit).
+    os.environ["RAY_TMPDIR"] = base = tempfile.mkdtemp(prefix="pdmlray-", dir="/tmp")
+    start_local_ray(num_cpus=2, runtime_env={"env_vars": {
+        "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}})
     yield ray
     ray.shutdown()
+    if previous is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = previous
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

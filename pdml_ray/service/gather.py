@@ -1,6 +1,6 @@
 """Differentiable gathering of point embeddings across DDP workers.
 
-Global subgroups need every worker's points. ``all_gather_tensor_autograd`` is
+Global subgroups need every worker's points. ``all_gather_single_autograd`` is
 differentiable: its backward is a reduce-scatter, so the gradient a worker receives
 for its own embeddings is the *sum* over all workers' losses. Workers hold different
 numbers of points, so rows are padded to the largest count before the gather and the
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed._functional_collectives import all_gather_tensor_autograd
+from torch.distributed._functional_collectives import all_gather_single_autograd
 
 
 @dataclass
@@ -52,7 +52,7 @@ def gather_points(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: tor
         return torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
 
     position = batch_index + rank * local_batch_size
-    all_embeddings = all_gather_tensor_autograd(padded(embeddings), 0, dist.group.WORLD)
+    all_embeddings = all_gather_single_autograd(padded(embeddings), 0, dist.group.WORLD)
     meta = torch.stack([labels, image_ids, position], dim=1).long()
     all_meta = _gather_fixed(padded(meta), world)
     keep = torch.cat([torch.arange(r * width, r * width + n, device=device)

@@ -4,19 +4,47 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import ray
 
 log = logging.getLogger(__name__)
 
 
+def start_local_ray(**init_kwargs: Any) -> str:
+    """Start a private local Ray and return the folder holding its files.
+
+    Each local cluster gets its own folder under $RAY_TMPDIR (else the system temp dir),
+    set as RAY_TMPDIR for the raylet and every worker it starts, and records its address
+    there the way ``ray start`` does. Ray Train's placement-group cleaner finds its
+    cluster through that record; without it, with two local clusters on one machine
+    (a test session and a job it launches, say) the cleaner cannot tell them apart and
+    may query the other one, decide the trainer is gone and tear down healthy workers.
+    """
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    os.makedirs(base, exist_ok=True)
+    # Short name: Ray's unix sockets live below it and paths are capped near 107 bytes.
+    folder = tempfile.mkdtemp(prefix="r-", dir=base)
+    os.environ["RAY_TMPDIR"] = folder
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # The dashboard serves the State API that Train's cleaner polls; bound to loopback
+    # (reach a remote one through `ray dashboard` or an SSH tunnel).
+    init_kwargs.setdefault("include_dashboard", True)
+    init_kwargs.setdefault("dashboard_host", "127.0.0.1")
+    ray.init(**init_kwargs)
+    from ray._private.utils import write_ray_address  # pinned Ray; what `ray start` uses
+
+    write_ray_address(ray.get_runtime_context().gcs_address)
+    return folder
+
+
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Use the caller's Ray if already initialised; else connect to ``address`` /
-    ``RAY_ADDRESS`` (set by ``ray job submit``), else start a local Ray that is shut
-    down on exit. Usage statistics stay off; RAY_TMPDIR decides where Ray's files go."""
+    ``RAY_ADDRESS`` (set by ``ray job submit``), else start a private local Ray that is
+    shut down on exit. Usage statistics stay off."""
     if ray.is_initialized():
         yield
         return
@@ -26,7 +54,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         ray.init(address=address, log_to_driver=True)
     else:
         log.info("no Ray cluster given: starting a local one")
-        ray.init(include_dashboard=False, log_to_driver=True)
+        start_local_ray(log_to_driver=True)
     try:
         yield
     finally:
