@@ -15,6 +15,7 @@ from pdml_ray.data import build_dataset, pad_collate
 from pdml_ray.engine import evaluate, make_optimizer, train_one_epoch
 from pdml_ray.models import build_model
 from pdml_ray.service.checkpoint import load_training_state, save_training_state
+from pdml_ray.service.diagnostics import DistanceRecorder
 from pdml_ray.service.mining import build_miner
 from pdml_ray.service.store import StoreClient
 from pdml_ray.service.tracking import MetricLogger
@@ -75,6 +76,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
              if loop_config.get("store_name") else None)
     miner = build_miner(cfg.loss, local_batch_size=local_batch, store=store, start_step=step)
     tracker = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    distances = (DistanceRecorder.for_run(cfg, total_steps=total_steps,
+                                          steps_per_epoch=steps_per_epoch)
+                 if tracker is not None and cfg.uses_pdml else None)  # the paper's Figure 4
 
     def on_log(at_step: int, means: dict) -> None:
         if tracker is not None:
@@ -90,7 +94,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             train_loader.sampler.set_epoch(epoch)
         step = train_one_epoch(model, train_loader, optimizer, cfg=cfg, epoch=epoch,
                                start_step=step, total_steps=total_steps, device=device,
-                               miner=miner, scaler=scaler, on_log=on_log)
+                               miner=distances.watch(miner, epoch) if distances else miner,
+                               scaler=scaler, on_log=on_log)
         last = epoch + 1 == cfg.train.epochs or step >= total_steps
         if not last and (epoch + 1) % cfg.train.eval_every_epochs:
             continue
@@ -109,6 +114,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                     metrics={**metrics, "per_class_iou": scores["per_class_iou"]})
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=report_checkpoint)
+    if distances is not None:
+        distances.log(tracker)
     if tracker is not None and not tracker.flush():
         log.warning("MLflow still unreachable at the end: %d metric points not logged",
                     len(tracker.buffer))

@@ -1,0 +1,130 @@
+"""Run a registered model on your own images: class-id PNGs and overlays.
+
+    python -m jobs.predict --model models:/pdml-scene-parser@champion \\
+        --input photos/ more/street.jpg --out predictions/
+    python -m jobs.predict --input big.jpg --out out/ --tile 512 --scales 0.75,1,1.25 --flip
+
+For each image ``NAME.ext``: ``NAME_classes.png`` (palette PNG, pixel value = class id)
+and ``NAME_overlay.png`` (the photo under the coloured classes, with a legend). Any size,
+RGB, grey, RGBA or palette images. More than ``--local-below`` images are spread over
+Ray tasks (a local Ray is started when no cluster is given). An unreadable file is
+reported and skipped; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from jobs.cli import add_config_arguments, config_from_args, run_cli
+
+
+def scales_arg(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return scales
+
+
+def overlap_arg(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"overlap is a fraction in [0, 1), got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sliding-window and test-time-augmentation flags, shared with jobs.evaluate."""
+    group = parser.add_argument_group("sliding window and test-time augmentation")
+    group.add_argument("--tile", type=positive_int, default=None, metavar="PIXELS",
+                       help="predict images larger than this in overlapping square windows "
+                       "of this side (default: whole images)")
+    group.add_argument("--overlap", type=overlap_arg, default=1 / 3, metavar="FRACTION",
+                       help="overlap of neighbouring windows, a fraction of --tile "
+                       "(default: 0.33)")
+    group.add_argument("--scales", type=scales_arg, default=(1.0,), metavar="S1,S2,...",
+                       help="predict at these scales (1: as given) and average the "
+                       "probabilities (e.g. 0.75,1,1.25; default: 1)")
+    group.add_argument("--flip", action="store_true",
+                       help="also predict on the mirrored image and average")
+
+
+def inference_options(args: argparse.Namespace) -> dict:
+    return {"tile": args.tile, "overlap": args.overlap, "scales": args.scales, "flip": args.flip}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models:/pdml-scene-parser@champion",
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model "
+                        "(default: %(default)s)")
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="image files and/or folders of images")
+    parser.add_argument("--out", required=True, help="folder for the output PNGs")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="opacity of the class colours in the overlay (default: 0.5)")
+    parser.add_argument("--local-below", type=int, default=8, metavar="N",
+                        help="predict up to N images in this process, more on Ray tasks "
+                        "(default: 8)")
+    parser.add_argument("--chunk-size", type=int, default=0, metavar="N",
+                        help="images per Ray task (default: about four tasks per CPU)")
+    add_inference_arguments(parser)
+    add_config_arguments(parser)
+    args = parser.parse_args()
+    cfg = config_from_args(args)
+
+    from tqdm import tqdm
+
+    from pdml_ray.service.predict import collect_inputs, predict_local, predict_on_ray
+    from pdml_ray.service.registry import load_scene_parser
+    from pdml_ray.service.runtime import ray_session
+
+    sources = collect_inputs(args.input)
+    out_dir = Path(args.out)
+    loaded = load_scene_parser(cfg.mlflow.tracking_uri, args.model)
+    print(f"model {args.model}"
+          + (f" (version {loaded.version.version})" if loaded.version is not None else "")
+          + f": {len(loaded.parser.classes)} classes of {loaded.parser.cfg.data.dataset}")
+    options = inference_options(args)
+    if len(sources) <= args.local_below:
+        session = contextlib.nullcontext()
+        results = predict_local(loaded.parser, sources, out_dir, alpha=args.alpha,
+                                options=options)
+    else:
+        session = ray_session(cfg.ray.address)
+        # A generator: it touches Ray only once iterated, inside the session.
+        results = predict_on_ray(loaded.parser, sources, out_dir, chunk_size=args.chunk_size,
+                                 alpha=args.alpha, options=options,
+                                 num_gpus=1 if cfg.ray.use_gpu else 0)
+    failed = []
+    with session, tqdm(total=len(sources), desc="predicting", unit="image") as bar:
+        for outcomes in results:
+            for outcome in outcomes:
+                if outcome.error:
+                    failed.append(outcome.source)
+                    bar.write(f"error: {outcome.source}: {outcome.error}", file=sys.stderr)
+            bar.update(len(outcomes))
+    done = len(sources) - len(failed)
+    print(f"{done} of {len(sources)} images -> {out_dir}/<name>_classes.png and "
+          f"<name>_overlay.png")
+    if failed:
+        print(f"{len(failed)} failed: {', '.join(str(path) for path in failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,240 @@
+"""Prediction on a user's image files: class-id PNGs and overlays, here or on Ray.
+
+For every input ``photo.jpg`` the output folder gets ``photo_classes.png`` (palette PNG,
+pixel value = class id) and ``photo_overlay.png`` (the photo blended with the colour mask,
+with a legend). Files are written atomically, so an interrupted run never leaves half a
+PNG. A file that cannot be read or decoded is reported and skipped; the others go on.
+
+Both :func:`predict_local` and :func:`predict_on_ray` yield lists of
+:class:`PredictionOutcome` as work completes (one image at a time here, one chunk at a
+time on Ray), for the caller's progress bar. On Ray the driver reads the files and writes
+the results: tasks get image bytes and return PNG bytes, so worker nodes need neither the
+input folder nor the output folder, and each task builds the model once for its chunk
+from weights put once in the object store.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import ray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pdml_ray.data.io import atomic_file
+from pdml_ray.inference import SceneParser
+from pdml_ray.reports import class_id_image, overlay, png_bytes
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# What one image may fail with (unreadable, undecodable, too large for memory) without
+# stopping the others; torch reports allocation failures as RuntimeError.
+IMAGE_ERRORS = (ValueError, RuntimeError, MemoryError)
+
+
+@dataclass(frozen=True)
+class PredictionOutcome:
+    """What became of one input: its outputs, or why there are none."""
+
+    source: Path
+    outputs: tuple[Path, ...] = ()
+    error: str | None = None
+    classes_present: tuple[int, ...] = ()
+
+
+# -- inputs and outputs --------------------------------------------------------------
+def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given (whatever their suffix: an unreadable one is reported later), and
+    the image files of folders (by suffix, sorted, not recursive).
+
+    Raises:
+        FileNotFoundError: nothing to predict on: every path is missing or an empty folder.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)  # a missing file becomes a reported failure, not a crash
+    if not any(path.exists() for path in found):
+        raise FileNotFoundError(f"no images found in {', '.join(map(str, paths))} (folders are "
+                                f"searched for {', '.join(IMAGE_SUFFIXES)})")
+    return list(dict.fromkeys(found))  # a file named twice is predicted once
+
+
+def output_stems(sources: Sequence[Path]) -> list[str]:
+    """The output name of each source: its stem; ``stem_suffix`` where two sources share
+    a stem (``a.jpg``, ``a.png``); numbered on top where even that repeats (the same
+    file name in two folders). No output overwrites another."""
+    stems = Counter(source.stem for source in sources)
+    names = [f"{s.stem}_{s.suffix.lstrip('.').lower()}" if stems[s.stem] > 1 else s.stem
+             for s in sources]
+    repeats, seen = Counter(names), Counter()
+    numbered = []
+    for name in names:
+        seen[name] += 1
+        numbered.append(f"{name}_{seen[name]}" if repeats[name] > 1 else name)
+    return numbered
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Image file bytes -> ``uint8 (H, W, 3)`` RGB as a viewer shows it.
+
+    EXIF orientation is applied (phone photos); grey, palette, RGBA (alpha dropped),
+    CMYK and 16-bit images are converted to 8-bit RGB; animations give their first frame.
+    Raises ValueError with the decoder's reason when the bytes are no readable image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey: keep the top byte
+                values = np.asarray(img, dtype=np.uint32) >> (8 if img.mode != "I" else 0)
+                img = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError("not an image file (unknown format or corrupt header)") from None
+    except _DECODE_ERRORS as exc:
+        raise ValueError(f"cannot decode image (corrupt or truncated file?): {exc}") from None
+
+
+def render(parser: SceneParser, data: bytes, *, alpha: float = 0.5,
+           options: Mapping | None = None) -> tuple[bytes, bytes, tuple[int, ...]]:
+    """Predict on one image file's bytes; returns (class-id PNG, overlay PNG, class ids
+    present). ``options`` are :meth:`SceneParser.predict`'s tile/overlap/scales/flip."""
+    image = decode_image(data)
+    classes = parser.predict(image, **(options or {}))
+    classes_png = png_bytes(class_id_image(classes, parser.palette))
+    overlay_png = png_bytes(overlay(image, classes, parser.palette, parser.classes, alpha=alpha))
+    return classes_png, overlay_png, tuple(int(c) for c in np.unique(classes))
+
+
+def write_outputs(out_dir: Path, stem: str, classes_png: bytes, overlay_png: bytes
+                  ) -> tuple[Path, Path]:
+    """``<stem>_classes.png`` and ``<stem>_overlay.png``, each written atomically."""
+    paths = (out_dir / f"{stem}_classes.png", out_dir / f"{stem}_overlay.png")
+    for path, data in zip(paths, (classes_png, overlay_png)):
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(data)
+    return paths
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+
+
+def _read(source: Path) -> bytes:
+    try:
+        return source.read_bytes()
+    except FileNotFoundError:
+        raise ValueError("file not found") from None
+    except IsADirectoryError:
+        raise ValueError("is a folder, not an image") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+
+
+# -- here ----------------------------------------------------------------------------
+def predict_local(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *,
+                  alpha: float = 0.5, options: Mapping | None = None
+                  ) -> Iterator[list[PredictionOutcome]]:
+    """Predict image by image in this process; yields ``[outcome]`` after each image."""
+    for source, stem in zip(sources, output_stems(sources)):
+        try:
+            classes_png, overlay_png, present = render(parser, _read(source), alpha=alpha,
+                                                       options=options)
+        except IMAGE_ERRORS as exc:
+            yield [PredictionOutcome(source, error=_reason(exc))]
+            continue
+        outputs = write_outputs(out_dir, stem, classes_png, overlay_png)
+        yield [PredictionOutcome(source, outputs, classes_present=present)]
+
+
+# -- on Ray --------------------------------------------------------------------------
+def _predict_chunk(model: tuple[dict, dict], items: list[tuple[int, bytes]], alpha: float,
+                   options: Mapping) -> list[tuple[int, bytes | None, bytes | None, tuple, str]]:
+    """One Ray task: build the model once, then ``(index, classes PNG, overlay PNG,
+    classes present, error)`` for each ``(index, image bytes)`` of the chunk."""
+    import torch
+
+    state, config = model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser = SceneParser.from_state(state, config, device=device)
+    results = []
+    for index, data in items:
+        try:
+            results.append((index, *render(parser, data, alpha=alpha, options=options), ""))
+        except IMAGE_ERRORS as exc:
+            results.append((index, None, None, (), _reason(exc)))
+    return results
+
+
+def default_chunk_size(num_images: int, num_cpus: float) -> int:
+    """About four chunks per CPU (balance and a moving progress bar), 1 to 32 images each
+    (a chunk must be worth building the model for, and stay small in the object store)."""
+    return int(np.clip(math.ceil(num_images / max(4 * num_cpus, 1)), 1, 32))
+
+
+def predict_on_ray(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *,
+                   chunk_size: int = 0, alpha: float = 0.5, options: Mapping | None = None,
+                   num_gpus: float = 0) -> Iterator[list[PredictionOutcome]]:
+    """Spread the images over Ray tasks of ``chunk_size`` images (0: automatic), each
+    task on one CPU (and ``num_gpus``); yields the outcomes of each chunk as it finishes.
+    Needs an initialised Ray.
+
+    At most two chunks per cluster CPU are in flight, so the driver holds a bounded
+    number of image files in memory however many there are. A chunk whose task dies
+    (its worker crashed) is reported as failed images; the other chunks go on.
+    """
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    chunk_size = chunk_size or default_chunk_size(len(sources), cpus)
+    stems = output_stems(sources)
+    state = {key: value.detach().cpu() for key, value in parser.model.state_dict().items()}
+    model_ref = ray.put((state, parser.cfg.to_dict()))
+    task = ray.remote(num_cpus=1, num_gpus=num_gpus)(_predict_chunk)
+    starts = iter(range(0, len(sources), chunk_size))
+    pending: dict[ray.ObjectRef, list[int]] = {}  # task -> indices of its images
+    max_in_flight = max(2, int(2 * cpus))
+
+    def submit_more() -> Iterator[list[PredictionOutcome]]:
+        while len(pending) < max_in_flight:
+            start = next(starts, None)
+            if start is None:
+                return
+            items, unreadable = [], []
+            for index in range(start, min(start + chunk_size, len(sources))):
+                try:
+                    items.append((index, _read(sources[index])))
+                except ValueError as exc:
+                    unreadable.append(PredictionOutcome(sources[index], error=str(exc)))
+            if items:
+                ref = task.remote(model_ref, items, alpha, dict(options or {}))
+                pending[ref] = [index for index, _ in items]
+            if unreadable:
+                yield unreadable
+
+    yield from submit_more()
+    while pending:
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        indices = pending.pop(done)
+        try:
+            results = ray.get(done)
+        except ray.exceptions.RayError as exc:
+            reason = f"its Ray task failed: {type(exc).__name__}"
+            results = [(index, None, None, (), reason) for index in indices]
+        outcomes = []
+        for index, classes_png, overlay_png, present, error in results:
+            if error:
+                outcomes.append(PredictionOutcome(sources[index], error=error))
+                continue
+            outputs = write_outputs(out_dir, stems[index], classes_png, overlay_png)
+            outcomes.append(PredictionOutcome(sources[index], outputs, classes_present=present))
+        yield outcomes
+        yield from submit_more()

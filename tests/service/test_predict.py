@@ -1,0 +1,162 @@
+"""``python -m jobs.predict`` on a registered model: here and on Ray tasks, with bad files.
+
+The model is a randomly initialised network logged and registered exactly as training
+does it (``log_and_register``): what is tested is the path from the registry to the
+PNGs, not the quality of the predictions.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdml_ray.config import from_dict, resolve_paths
+from pdml_ray.data.synthetic import SYNTHETIC_PALETTE
+from pdml_ray.models import build_model
+from pdml_ray.service.predict import collect_inputs, decode_image, output_stems
+from pdml_ray.service.registry import log_and_register
+from pdml_ray.service.tracking import start_run
+
+REPO = Path(__file__).resolve().parents[2]
+NUM_CLASSES = len(SYNTHETIC_PALETTE)
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A sqlite store holding models:/pdml-scene-parser@champion (random weights)."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    cfg = resolve_paths(from_dict({
+        "model": {"backbone": "resnet18", "head": "linear"},
+        "mlflow": {"tracking_uri": uri, "artifact_location": str(folder / "artifacts"),
+                   "experiment": "predict"}}), folder)
+    model = build_model(num_classes=NUM_CLASSES, backbone="resnet18", head="linear")
+    run_id = start_run(cfg, ray_run_name="hand-made")
+    log_and_register(cfg, run_id=run_id, state_dict=model.state_dict(), val_miou=0.5)
+    return uri
+
+
+def run_job(*args: str, ray_tmpdir: str | None = None) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
+    if ray_tmpdir:
+        env["RAY_TMPDIR"] = ray_tmpdir
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(path)
+    return path
+
+
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def check_outputs(out: Path, stem: str, size: tuple[int, int]) -> None:
+    """``size`` is (H, W) of the input."""
+    classes = Image.open(out / f"{stem}_classes.png")
+    assert classes.mode == "P" and classes.size == (size[1], size[0])
+    ids = np.asarray(classes)
+    assert ids.max() < NUM_CLASSES
+    palette = np.asarray(classes.getpalette()[:3 * NUM_CLASSES]).reshape(-1, 3)
+    assert np.array_equal(palette, np.asarray(SYNTHETIC_PALETTE))
+    overlay = Image.open(out / f"{stem}_overlay.png")
+    assert overlay.mode == "RGB"
+    assert overlay.width > size[1] and overlay.height >= size[0]  # photo + legend panel
+
+
+def test_decode_image_gives_rgb_for_every_kind_of_input():
+    def encoded(image: Image.Image, **save_args) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", **save_args)
+        return buffer.getvalue()
+
+    photo = rgb(9, 14)
+    grey = Image.fromarray(photo[..., 0])
+    assert np.array_equal(decode_image(encoded(grey)), np.repeat(photo[..., :1], 3, axis=2))
+    rgba = Image.fromarray(np.dstack([photo, np.full((9, 14), 7, np.uint8)]))
+    assert np.array_equal(decode_image(encoded(rgba)), photo)  # alpha dropped
+    deep = Image.fromarray(photo[..., 0].astype(np.uint16) * 257)  # mode "I;16"
+    assert np.array_equal(decode_image(encoded(deep))[..., 1], photo[..., 0])  # 16 -> 8 bit
+    assert decode_image(encoded(Image.fromarray(photo).convert("P"))).shape == (9, 14, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the viewer turns the image a quarter clockwise
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue()).shape == (14, 9, 3)
+    with pytest.raises(ValueError, match="not an image"):
+        decode_image(b"GIF89a but not really")
+
+
+def test_inputs_and_output_names(tmp_path):
+    for name in ("b.jpg", "a.png", "a.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    found = collect_inputs([tmp_path, tmp_path / "b.jpg", tmp_path / "missing.jpg"])
+    assert [path.name for path in found] == ["a.jpg", "a.png", "b.jpg", "missing.jpg"]
+    assert output_stems(found) == ["a_jpg", "a_png", "b", "missing"]
+    assert output_stems([Path("x/p.jpg"), Path("y/p.jpg")]) == ["p_jpg_1", "p_jpg_2"]
+    with pytest.raises(FileNotFoundError, match="no images found"):
+        collect_inputs([tmp_path / "sub", tmp_path / "nothing.jpg"])
+
+
+def test_predict_here_on_mixed_images_reports_the_bad_one(registered, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sizes = {"odd": (37, 61), "grey": (50, 33), "rgba": (21, 40), "palette": (30, 30)}
+    save(photos / "odd.jpg", rgb(*sizes["odd"]))
+    save(photos / "grey.png", rgb(*sizes["grey"], seed=1), "L")
+    save(photos / "rgba.png", rgb(*sizes["rgba"], seed=2), "RGBA")
+    save(photos / "palette.png", rgb(*sizes["palette"], seed=3), "P")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 half a jpeg")
+    out = tmp_path / "out"
+    result = run_job("jobs.predict", "--model", "models:/pdml-scene-parser@champion",
+                     "--input", str(photos), "--out", str(out), "--tile", "32", "--flip",
+                     "--set", f"mlflow.tracking_uri={registered}")
+    assert result.returncode == 1, result.stderr
+    assert f"error: {photos / 'broken.jpg'}: " in result.stderr
+    assert f"1 failed: {photos / 'broken.jpg'}" in result.stderr
+    assert "4 of 5 images" in result.stdout
+    assert "100%" in result.stderr  # the progress bar ran to the end
+    for stem, size in sizes.items():
+        check_outputs(out, stem, size)
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        f"{stem}_{kind}.png" for stem in sizes for kind in ("classes", "overlay"))  # no temp files
+
+
+def ray_processes(marker: str) -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if marker in line and "ps -eo" not in line]
+
+
+def test_predict_a_folder_on_ray_tasks(registered, tmp_path):
+    photos = tmp_path / "many"
+    photos.mkdir()
+    sizes = {f"img{k:02d}": (20 + 3 * k, 41 - 2 * k) for k in range(10)}
+    for k, (stem, size) in enumerate(sizes.items()):
+        save(photos / f"{stem}.png", rgb(*size, seed=k))
+    (photos / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    ray_tmpdir = tempfile.mkdtemp(prefix="pdp-", dir="/tmp")  # short: Ray's socket paths
+    result = run_job("jobs.predict", "--input", str(photos), "--out", str(out),
+                     "--local-below", "4", "--chunk-size", "3",
+                     "--set", f"mlflow.tracking_uri={registered}", ray_tmpdir=ray_tmpdir)
+    assert result.returncode == 1, result.stderr
+    assert f"error: {photos / 'zz_corrupt.png'}: " in result.stderr
+    assert "10 of 11 images" in result.stdout
+    assert "11/11" in result.stderr  # progress reached every image, chunk by chunk
+    for stem, size in sizes.items():
+        check_outputs(out, stem, size)
+    assert ray_processes(ray_tmpdir) == []  # the job's local Ray was shut down
