@@ -28,17 +28,41 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return resolve_paths(load_config(args.config, args.overrides), base)
 
 
-def run_cli(main: Callable[[], int | None]) -> None:
-    """Run ``main``; known user errors print one clear line and exit 2, no traceback."""
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The error to show the user as one line, or None for a bug (shown with a traceback).
+
+    Errors raised inside Ray Train workers (bad data found while loading, a non-finite
+    loss) reach the driver wrapped in a WorkerGroupError holding each failed rank's
+    original exception; the original is what the user can act on.
+    """
     from pdml_ray.data import DataError
+    from pdml_ray.service.checkpoint import CheckpointError
     from pdml_ray.service.tracking import TrackingUnavailable
 
+    known = (ConfigError, DataError, TrackingUnavailable, CheckpointError, FileNotFoundError,
+             FloatingPointError)
+    if isinstance(exc, known):
+        return exc
+    ray_train = sys.modules.get("ray.train")  # only a job that ran Ray can get its errors
+    if ray_train is not None and isinstance(exc, ray_train.WorkerGroupError):
+        failures = [failure for _, failure in sorted(exc.worker_failures.items())]
+        return next((failure for failure in failures if isinstance(failure, known)), None)
+    return None
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run ``main``; known user errors print one clear line and exit 2, no traceback."""
     try:
         code = main()
-    except (ConfigError, DataError, TrackingUnavailable, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        shown = _user_error(exc)
+        if shown is None:
+            raise
+        # One line even when the message quotes a multi-line one (a library's error).
+        message = " ".join(line.strip() for line in str(shown).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code or 0)

@@ -17,6 +17,7 @@ import dataclasses
 import os
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -171,6 +172,23 @@ class RayConfig:
         _check(self.keep_checkpoints >= 1, "ray.keep_checkpoints", "must be >= 1")
 
 
+# Never echo the URI itself in this message: it holds the secret.
+CREDENTIALS_IN_URI = ("holds credentials (user:password@host); keep secrets out of URIs, configs "
+                      "and logs: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                      "MLFLOW_TRACKING_TOKEN) in the environment and give the URI without them")
+
+
+def uri_has_credentials(uri: str) -> bool:
+    """True for ``https://user:pass@host`` and any URI carrying a password.
+
+    A tracking URI ends up in MLflow params, checkpoints and log lines, so it must not
+    carry a secret; MLflow reads a server's credentials from environment variables.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    return parts.password is not None or (parts.scheme in ("http", "https")
+                                          and parts.username is not None)
+
+
 @dataclass(frozen=True)
 class MLflowConfig:
     # None: MLFLOW_TRACKING_URI when set, else sqlite:///<project>/mlflow.db
@@ -180,6 +198,10 @@ class MLflowConfig:
     registered_model: str = "pdml-scene-parser"
     champion_alias: str = "champion"
     register: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.tracking_uri is None or not uri_has_credentials(self.tracking_uri),
+               "mlflow.tracking_uri", CREDENTIALS_IN_URI)
 
 
 @dataclass(frozen=True)
@@ -406,8 +428,10 @@ def resolve_paths(cfg: Config, base: str | os.PathLike | None = None) -> Config:
     root = project_dir(base)
     data_root = _anchor(cfg.data.root, root)
     points = _anchor(cfg.data.points_file, root) or str(Path(data_root) / "points_train.parquet")
-    tracking_uri = (os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri
-                    or f"sqlite:///{root / 'mlflow.db'}")
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if env_uri and uri_has_credentials(env_uri):
+        raise ConfigError(f"MLFLOW_TRACKING_URI: {CREDENTIALS_IN_URI}")
+    tracking_uri = env_uri or cfg.mlflow.tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
         db = tracking_uri[len("sqlite:///"):]
         if not os.path.isabs(db):

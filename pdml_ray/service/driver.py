@@ -23,7 +23,8 @@ from pdml_ray.data import build_dataset, ensure_synthetic
 from pdml_ray.service.checkpoint import load_training_state
 from pdml_ray.service.registry import RegisteredModel, log_and_register
 from pdml_ray.service.store import create_store, store_actor_name
-from pdml_ray.service.tracking import MetricLogger, check_tracking_store, end_run, start_run
+from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
+                                       fail_fast_http, start_run)
 from pdml_ray.service.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -96,16 +97,19 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
         with best.as_directory() as folder:
             state = load_training_state(folder)
         scores = state["metrics"]
-        MetricLogger(uri, run_id).log({"best_val_miou": scores["val_miou"],
-                                       "best_val_pixel_acc": scores["val_pixel_acc"]},
-                                      step=int(scores["step"]))
+        tracker = MetricLogger(uri, run_id)
+        tracker.log({"best_val_miou": scores["val_miou"],
+                     "best_val_pixel_acc": scores["val_pixel_acc"]}, step=int(scores["step"]))
+        if not tracker.flush():
+            log.warning("MLflow %s unreachable: best_val_miou and best_val_pixel_acc of run %s "
+                        "not logged", uri, run_id)
         registered = None
         if cfg.mlflow.register:
             registered = log_and_register(cfg, run_id=run_id, state_dict=state["model"],
                                           val_miou=scores["val_miou"],
                                           per_class_iou=scores["per_class_iou"])
     except BaseException:
-        end_run(uri, run_id, failed=True)
+        _mark_failed(uri, run_id)
         raise
     finally:
         if store is not None:
@@ -116,3 +120,14 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
                           best_val_pixel_acc=scores["val_pixel_acc"],
                           per_class_iou=list(scores["per_class_iou"]),
                           checkpoint_path=best.path, registered=registered)
+
+
+def _mark_failed(uri: str, run_id: str) -> None:
+    """Mark the MLflow run FAILED without hiding the error that failed it: when the
+    tracking store is itself what went away, say so (after one quick try, not minutes of
+    MLflow's retries) and let the original error through."""
+    try:
+        with fail_fast_http():
+            end_run(uri, run_id, failed=True)
+    except Exception as exc:
+        log.warning("could not mark MLflow run %s as FAILED in %s: %s", run_id, uri, exc)

@@ -3,14 +3,15 @@
 The driver creates (or, for a reused Ray run name, finds again) one MLflow run and
 passes its id to the workers, so a restarted worker group keeps logging into the same
 run instead of opening a duplicate. Rank 0 logs through :class:`MetricLogger`, which
-buffers metrics while the tracking store is unreachable and retries, so a transient
-outage does not stop training; what it finally has to drop, it says.
+fails fast, buffers metrics while the tracking store is unreachable and re-sends them
+later, so a transient outage does not stop training; what it finally has to drop, it says.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,8 +35,12 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow tracking store cannot be reached; the message names the URI."""
 
 
-def check_tracking_store(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast, before any worker starts, when the tracking store is unreachable."""
+def check_tracking_store(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any worker starts, when the tracking store is unreachable.
+
+    A tracking server is asked for ``/health`` once, with a short timeout, not through
+    MLflow's client, whose retries with backoff take minutes to give up.
+    """
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
@@ -58,6 +63,32 @@ def check_tracking_store(uri: str, timeout_s: float = 10.0) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise TrackingUnavailable(f"MLflow tracking store {uri} is unusable: {exc}") from None
+
+
+# MLflow's HTTP client retries a failed request 7 times with exponential backoff and
+# waits up to 120 s for an answer: minutes before it gives up. On rank 0 that would stall
+# every worker at the next collective, so the metric logger fails at once instead and
+# re-sends its buffer later. MLflow reads these variables on every request.
+FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+_http_env_lock = threading.Lock()
+
+
+@contextmanager
+def fail_fast_http() -> Iterator[None]:
+    """MLflow HTTP requests made in this block get one try and a 5 s timeout."""
+    with _http_env_lock:
+        saved = {key: os.environ.get(key) for key in FAIL_FAST_HTTP}
+        os.environ.update(FAIL_FAST_HTTP)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 @contextmanager
@@ -125,16 +156,23 @@ def end_run(uri: str, run_id: str, *, failed: bool = False) -> None:
 class MetricLogger:
     """Logs metric dicts to one MLflow run, buffering and retrying while it is unreachable.
 
-    At most ``max_buffer`` metric points wait; beyond that the oldest are dropped with a
-    warning that says how many, so memory stays bounded on a long outage.
+    Each request gets one try with a short timeout (:func:`fail_fast_http`); after a
+    failure the buffer is re-sent on the first :meth:`log` call at least ``retry_every_s``
+    later (or on an explicit :meth:`flush`), so a server that hangs instead of refusing
+    costs one timeout per ``retry_every_s``, not one per step. At most ``max_buffer``
+    metric points wait; beyond that the oldest are dropped with a warning that says how
+    many, so memory stays bounded on a long outage.
     """
 
-    def __init__(self, uri: str, run_id: str, *, max_buffer: int = 100_000):
+    def __init__(self, uri: str, run_id: str, *, max_buffer: int = 100_000,
+                 retry_every_s: float = 10.0):
         self.client = MlflowClient(uri)
         self.uri, self.run_id, self.max_buffer = uri, run_id, max_buffer
+        self.retry_every_s = retry_every_s
         self.buffer: list[Metric] = []
         self.dropped = 0
         self.failing_since: float | None = None
+        self.next_attempt = 0.0  # time.monotonic() before which log() does not retry
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -145,29 +183,35 @@ class MetricLogger:
             self.dropped += overflow
             log.warning("MLflow %s unreachable: dropped %d oldest metric points (%d so far)",
                         self.uri, overflow, self.dropped)
-        self.flush()
+        if time.monotonic() >= self.next_attempt:
+            self.flush()
 
     def flush(self) -> bool:
-        """Send what is buffered; False (and the buffer kept) when the store is down."""
+        """Send what is buffered now; False (and the buffer kept) when the store is down."""
+        pending = len(self.buffer)
         while self.buffer:
             chunk = self.buffer[:1000]  # log_batch takes at most 1000 metrics
             try:
-                self.client.log_batch(self.run_id, metrics=chunk)
+                with fail_fast_http():
+                    self.client.log_batch(self.run_id, metrics=chunk)
             except Exception as exc:
+                self.next_attempt = time.monotonic() + self.retry_every_s
                 if self.failing_since is None:
                     self.failing_since = time.time()
                     log.warning("MLflow %s unreachable (%s); buffering %d metric points and "
-                                "retrying", self.uri, type(exc).__name__, len(self.buffer))
+                                "retrying every %.0f s", self.uri, type(exc).__name__,
+                                len(self.buffer), self.retry_every_s)
                 return False
             del self.buffer[:len(chunk)]
         if self.failing_since is not None:
-            log.warning("MLflow %s reachable again after %.0f s; buffered metrics sent",
-                        self.uri, time.time() - self.failing_since)
+            log.warning("MLflow %s reachable again after %.0f s; %d buffered metric points sent",
+                        self.uri, time.time() - self.failing_since, pending)
             self.failing_since = None
         return True
 
     def log_artifact_text(self, text: str, artifact_file: str) -> None:
         try:
-            self.client.log_text(self.run_id, text, artifact_file)
+            with fail_fast_http():
+                self.client.log_text(self.run_id, text, artifact_file)
         except Exception as exc:
             log.warning("could not log artifact %s to MLflow: %s", artifact_file, exc)

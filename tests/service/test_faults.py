@@ -1,0 +1,420 @@
+"""Faults a long run must survive, each on a real local Ray with a tiny config.
+
+- a Train worker killed with SIGKILL: the run resumes from its last checkpoint;
+- the driver killed (the job stopped) and the job resubmitted under the same run name;
+- the EmbeddingStore actor killed: the restart is noticed and logged;
+- MLflow unreachable at the start (the job fails at once) and mid-run (training goes
+  on, the metrics are re-sent once the server is back).
+
+Tests wait on conditions (a checkpoint in storage, a metric in MLflow) with generous
+deadlines, never on fixed sleeps: other Ray clusters may share the machine's two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from pdml_ray.config import dump_config
+from pdml_ray.service.checkpoint import load_training_state
+from pdml_ray.service.driver import run_training
+from pdml_ray.service.store import StoreClient, create_store, store_actor_name
+from pdml_ray.service.tracking import RUN_NAME_TAG, TrackingUnavailable, check_tracking_store
+from tests.service.test_training_e2e import tiny_config
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[2]
+# Ray Train writes this into <storage>/<run name>/ once a reported checkpoint is
+# registered: from then on a restart (of the workers or of the job) resumes from it.
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+STEPS_PER_EPOCH = 4  # tiny_config: 16 train images, global batch 4
+
+
+# -- helpers ------------------------------------------------------------------------
+def wait_for(condition, *, timeout_s: float, what: str, stop: threading.Event | None = None):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            raise AssertionError(f"stopped while waiting for {what}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def session_pids(session_id: int) -> list[int]:
+    """Live (non-zombie) processes of one session: a job started with start_new_session
+    and every Ray process it spawned (Ray's workers get their own process groups but
+    stay in the session)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry.name)) != session_id:
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL a job and every process it started, and wait until all are gone. Only this
+    session is touched: `ray stop` would also stop other people's clusters."""
+    def kill_remaining():
+        for pid in session_pids(process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if process.poll() is None:
+            return False
+        return not session_pids(process.pid)
+
+    wait_for(kill_remaining, timeout_s=60, what=f"the processes of session {process.pid} to end")
+
+
+@pytest.fixture
+def job_tmpdir():
+    """A short folder for the Ray a job subprocess starts (unix socket paths below it are
+    capped near 107 bytes, too short for pytest's tmp_path), removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="pf-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def job_env(job_tmpdir: str) -> dict[str, str]:
+    """The environment of a job run as a subprocess: Ray's files in ``job_tmpdir``, no
+    user cluster, no stray tracking URI."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PYTEST_CURRENT_TEST")}
+    env.update(RAY_TMPDIR=job_tmpdir, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0",
+               MLFLOW_DISABLE_TELEMETRY="true")
+    return env
+
+
+def start_job(args: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
+    with open(log_file, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_job(args: list[str], env: dict[str, str], timeout_s: float = 900
+            ) -> subprocess.CompletedProcess:
+    """Run a job to its end as a user would; every process it started is gone afterwards."""
+    process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    finally:
+        kill_session(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def loss_history(uri: str, run_id: str) -> list[tuple[int, int]]:
+    """``(step, timestamp_ms)`` of every logged ``loss`` point, in logging order."""
+    points = MlflowClient(uri).get_metric_history(run_id, "loss")
+    return sorted(((m.step, m.timestamp) for m in points), key=lambda p: (p[1], p[0]))
+
+
+def only_run(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.data.tags.get(RUN_NAME_TAG) for r in runs]  # resumed, no duplicate
+    return runs[0]
+
+
+def checkpointed(storage: Path, run_name: str) -> bool:
+    return (storage / run_name / SNAPSHOT).is_file()
+
+
+def assert_resumed_from_checkpoint(history: list[tuple[int, int]], fault_ms: int,
+                                   final_step: int) -> int:
+    """Steps logged before the fault cover everything up to the checkpoint resumed from;
+    the first step logged after it is that checkpoint's step + 1. Returns that step."""
+    before = [step for step, at in history if at < fault_ms]
+    after = [step for step, at in history if at >= fault_ms]
+    assert before and after, history
+    resumed_at = min(after) - 1
+    assert resumed_at >= STEPS_PER_EPOCH and resumed_at % STEPS_PER_EPOCH == 0, history
+    assert set(range(1, resumed_at + 1)) <= set(before)  # nothing before the checkpoint lost
+    assert sorted(set(after)) == list(range(resumed_at + 1, final_step + 1))
+    return resumed_at
+
+
+def ray_log_lines(pattern: str) -> list[str]:
+    """Lines holding ``pattern`` in the log files of this session's Ray cluster."""
+    base = Path(os.environ["RAY_TMPDIR"])
+    lines = []
+    for logs in base.glob("**/session_latest/logs"):
+        for path in logs.rglob("*"):
+            if path.is_file() and path.suffix in (".err", ".out", ".log"):
+                lines += [line for line in path.read_text(errors="replace").splitlines()
+                          if pattern in line]
+    return lines
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fault_scenes") / "synthetic"
+
+
+# -- a killed Train worker ------------------------------------------------------------
+def train_worker_pids() -> list[int]:
+    """PIDs of this cluster's live Ray Train workers, from Ray's state API. The node id
+    filter keeps other people's clusters on the machine out of it."""
+    from ray.util.state import list_actors
+
+    node_id = ray.get_runtime_context().get_node_id()
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
+                                  ("node_id", "=", node_id)])
+    return [actor.pid for actor in actors]
+
+
+def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path, data_root,
+                                                              mlflow_uri):
+    cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": 2},
+                      ray={"run_name": "faults-worker", "max_failures": 1},
+                      mlflow={"register": False})
+    storage, done, killed = Path(cfg.ray.storage_path), threading.Event(), {}
+
+    def kill_one_worker_after_the_first_checkpoint():
+        try:
+            wait_for(lambda: checkpointed(storage, "faults-worker"), timeout_s=900,
+                     what="the first checkpoint", stop=done)
+            pid = wait_for(train_worker_pids, timeout_s=60, what="a Train worker", stop=done)[0]
+            killed["ms"] = int(time.time() * 1000)
+            os.kill(pid, signal.SIGKILL)
+            killed["pid"] = pid
+        except AssertionError as exc:
+            killed["error"] = str(exc)
+
+    killer = threading.Thread(target=kill_one_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    try:
+        result = run_training(cfg)
+    finally:
+        done.set()
+        killer.join(timeout=60)
+    assert "pid" in killed, killed.get("error")
+
+    run = only_run(mlflow_uri, cfg.mlflow.experiment)
+    assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
+    final_step = 2 * STEPS_PER_EPOCH
+    assert_resumed_from_checkpoint(loss_history(mlflow_uri, result.mlflow_run_id), killed["ms"],
+                                   final_step)
+    assert load_training_state(result.checkpoint_path)["step"] == final_step
+
+
+# -- a killed driver, the job resubmitted ------------------------------------------------
+def test_stopped_job_resubmitted_under_its_name_resumes(tmp_path, data_root, mlflow_uri,
+                                                      job_tmpdir):
+    cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": 2},
+                      mlflow={"register": False})
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(dump_config(cfg))
+    args = ["jobs.train", "--config", str(config_file), "--project-dir", str(tmp_path),
+            "--set", "ray.run_name=faults-driver"]
+    storage = Path(cfg.ray.storage_path)
+
+    first = start_job(args, job_env(job_tmpdir), tmp_path / "first.log")
+    try:
+        wait_for(lambda: checkpointed(storage, "faults-driver") or first.poll() is not None,
+                 timeout_s=900, what="the first checkpoint")
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        killed_ms = int(time.time() * 1000)
+        kill_session(first)
+    run_id = only_run(mlflow_uri, cfg.mlflow.experiment).info.run_id
+
+    second = run_job(args, job_env(job_tmpdir))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"MLflow run     {run_id}" in second.stdout  # the same run, continued
+
+    run = only_run(mlflow_uri, cfg.mlflow.experiment)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    resumed_at = assert_resumed_from_checkpoint(loss_history(mlflow_uri, run_id), killed_ms,
+                                                final_step=2 * STEPS_PER_EPOCH)
+    assert resumed_at == STEPS_PER_EPOCH  # killed during epoch 2: resumed from epoch 1's end
+
+
+# -- a killed EmbeddingStore ------------------------------------------------------------
+def test_store_restart_is_noticed_and_logged(ray_cluster, caplog):
+    """test_training_e2e kills the store under a real run and checks training goes on;
+    this checks what a worker's client says about it."""
+    name = "faults-store"
+    store = create_store(name, capacity=16)
+    client = StoreClient(store_actor_name(name), rank=0, timeout_s=10, retry_every=1)
+    try:
+        client.push(np.ones((4, 3), np.float32), np.arange(4), np.arange(4), step=0)
+        client.request(8, step=0, max_staleness=10)
+        assert client.collect(0) is not None
+        ray.kill(store, no_restart=False)  # Ray restarts it, empty
+
+        step = 0
+
+        def sample_after_restart():
+            nonlocal step
+            step += 1
+            client.request(8, step=step, max_staleness=10)
+            sample = client.collect(step)  # None while the store is down or restarting
+            return sample if client.restarts else None
+
+        with caplog.at_level("WARNING", logger="pdml_ray.service.store"):
+            sample = wait_for(sample_after_restart, timeout_s=120, what="the restarted store")
+        assert client.restarts == 1
+        assert len(sample["labels"]) == 0  # the points it held are gone, nothing else broke
+        assert "EmbeddingStore was restarted (now empty); rank 0 continues" in caplog.text
+    finally:
+        ray.kill(store, no_restart=True)
+
+
+# -- MLflow unreachable ------------------------------------------------------------------
+def test_unreachable_mlflow_fails_the_job_before_any_worker(tmp_path, data_root,
+                                                            job_tmpdir):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    tick = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=f"MLflow tracking server {uri} is unreachable"):
+        check_tracking_store(uri)
+    assert time.monotonic() - tick < 10  # seconds, not MLflow's minutes of retries
+
+    cfg = tiny_config(tmp_path, data_root, uri)
+    with pytest.raises(TrackingUnavailable):
+        run_training(cfg.replace(**{"ray.run_name": "faults-no-mlflow"}))
+    assert not (Path(cfg.ray.storage_path) / "faults-no-mlflow").exists()  # no trainer started
+
+    env = {**job_env(job_tmpdir), "MLFLOW_TRACKING_URI": uri}
+    tick = time.monotonic()
+    job = run_job(["jobs.train", "--project-dir", str(tmp_path)], env, timeout_s=300)
+    assert job.returncode == 2, job.stderr[-3000:]
+    errors = [line for line in job.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: MLflow tracking server {uri} is unreachable: <urlopen error "
+                      "[Errno 111] Connection refused>. Check MLFLOW_TRACKING_URI / "
+                      "mlflow.tracking_uri."]
+    assert "Traceback" not in job.stderr and "RayTrainWorker" not in job.stderr
+    assert time.monotonic() - tick < 180  # starting the local Ray is most of it
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with a sqlite store, stopped and restarted
+    on the same port and store like a tracking server going down for a while."""
+
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        # One worker process: uvicorn's supervisor of several restarts any worker that is
+        # slow to answer its health check, which on a busy machine delays the start by minutes.
+        self.command = [str(Path(sys.executable).with_name("mlflow")), "server",
+                        "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                        "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                        "--default-artifact-root", str(folder / "server-artifacts")]
+        self.log = folder / "mlflow-server.log"
+        self.process: subprocess.Popen | None = None
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        with open(self.log, "a") as log:
+            self.process = subprocess.Popen(self.command, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.healthy() or self.process.poll() is not None, timeout_s=180,
+                 what="the MLflow server")
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            kill_session(self.process)
+            self.process = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_mlflow_outage_mid_run_loses_no_metric(ray_cluster, tmp_path, data_root, mlflow_server):
+    cfg = tiny_config(tmp_path, data_root, mlflow_server.uri, train={"epochs": 3},
+                      ray={"run_name": "faults-mlflow"}, mlflow={"register": False})
+    storage, done, outage = Path(cfg.ray.storage_path), threading.Event(), {}
+    client = MlflowClient(mlflow_server.uri)
+
+    def first_loss_logged() -> bool:
+        experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        return bool(runs) and "loss" in runs[0].data.metrics
+
+    def stop_then_restart_the_server():
+        try:
+            wait_for(first_loss_logged, timeout_s=900, what="the first logged loss", stop=done)
+            mlflow_server.stop()
+            outage["stopped_ms"] = int(time.time() * 1000)
+            # Training must get through a whole epoch and its checkpoint without MLflow.
+            wait_for(lambda: checkpointed(storage, "faults-mlflow"), timeout_s=900,
+                     what="a checkpoint during the outage", stop=done)
+            outage["restarting_ms"] = int(time.time() * 1000)
+            mlflow_server.start()
+        except AssertionError as exc:
+            outage["error"] = str(exc)
+
+    chaos = threading.Thread(target=stop_then_restart_the_server, daemon=True)
+    chaos.start()
+    try:
+        result = run_training(cfg)
+    finally:
+        done.set()
+        chaos.join(timeout=240)
+    assert "restarting_ms" in outage, outage.get("error")
+
+    history = loss_history(mlflow_server.uri, result.mlflow_run_id)
+    steps = sorted(step for step, _ in history)
+    assert steps == list(range(1, 3 * STEPS_PER_EPOCH + 1))  # every step exactly once
+    during = [step for step, at in history if outage["stopped_ms"] <= at < outage["restarting_ms"]]
+    assert during  # logged (buffered) while the server was down: training did not wait
+    run = MlflowClient(mlflow_server.uri).get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    evaluations = MlflowClient(mlflow_server.uri).get_metric_history(result.mlflow_run_id,
+                                                                     "val_miou")
+    assert len(evaluations) == 3
+
+    # The worker said what happened; Ray's log monitor may write its lines a little late.
+    down = f"MLflow {mlflow_server.uri} unreachable (MlflowException); buffering"
+    back = f"MLflow {mlflow_server.uri} reachable again after"
+    wait_for(lambda: ray_log_lines(down) and ray_log_lines(back), timeout_s=60,
+             what="the worker's outage warnings in Ray's logs")
+    assert not ray_log_lines("metric points not logged")  # nothing was dropped

@@ -1,0 +1,142 @@
+"""Nothing a user loads runs hidden code; no secret reaches a config, a param or a log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from pdml_ray.config import ConfigError, from_dict, load_config, resolve_paths
+from pdml_ray.service.checkpoint import (CHECKPOINT_FILE, CheckpointError, load_training_state,
+                                         save_training_state)
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "s3cret-Pa55"
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a booby-trapped checkpoint would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_holding_pickled_code_is_refused_without_running_it(tmp_path):
+    model = nn.Linear(3, 2)
+    save_training_state(tmp_path, model=model, optimizer=torch.optim.SGD(model.parameters(), 0.1),
+                        scaler=None, step=7, epoch=1, config={"train": {"lr": 0.1}},
+                        metrics={"val_miou": 0.5, "per_class_iou": [0.5, float("nan")]})
+    state = load_training_state(tmp_path)  # what pdml_ray writes loads with weights_only=True
+    assert state["step"] == 7 and torch.equal(state["model"]["weight"], model.weight.detach())
+
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "metrics": RunsCode(marker)}, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: refused to load: it holds Python "
+                                              r"objects beyond tensors and plain values "
+                                              r"\(found: posix\.system\)"):
+        load_training_state(tmp_path)
+    assert not marker.exists()
+
+
+def test_registered_model_is_a_state_dict_json_config_and_source(tmp_path, mlflow_uri):
+    from pdml_ray.data import SyntheticDataset
+    from pdml_ray.models import build_model
+    from pdml_ray.service.registry import log_and_register
+    from pdml_ray.service.tracking import tracking_uri_scope
+
+    cfg = resolve_paths(from_dict({"mlflow": {"tracking_uri": mlflow_uri,
+                                              "artifact_location": str(tmp_path / "artifacts"),
+                                              "registered_model": "security-check"}}), tmp_path)
+    model = build_model(num_classes=len(SyntheticDataset.classes), backbone="resnet18",
+                        output_stride=8, head="aspp")
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("security",
+                                          artifact_location=cfg.mlflow.artifact_location)
+    run_id = client.create_run(experiment).info.run_id
+    registered = log_and_register(cfg, run_id=run_id, state_dict=model.state_dict(), val_miou=0.1)
+    with tracking_uri_scope(mlflow_uri):  # models:/ URIs resolve through the global store
+        folder = Path(mlflow.artifacts.download_artifacts(registered.model_uri,
+                                                          dst_path=str(tmp_path / "model")))
+
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert not [path for path in files if path.suffix in (".pkl", ".pickle", ".cloudpickle")]
+    flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    # "Models from code": MLflow runs the logged source file to build the model; there is
+    # no python_model.pkl (cloudpickle) to unpickle.
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert "python_model" not in flavor
+    entry = folder / Path(flavor["model_code_path"]).name
+    assert entry.read_text().startswith("# The script MLflow runs")
+    artifacts = {name: folder / spec["path"] for name, spec in flavor["artifacts"].items()}
+    assert set(artifacts) == {"weights", "config"}
+    weights = torch.load(artifacts["weights"], weights_only=True)  # tensors only
+    assert weights.keys() == model.state_dict().keys()
+    assert json.loads(artifacts["config"].read_text())["mlflow"]["registered_model"] == \
+        "security-check"
+
+
+@pytest.mark.parametrize("uri", ["https://alice:" + SECRET + "@mlflow.example.com",
+                                 "http://alice:" + SECRET + "@10.0.0.5:5000",
+                                 "https://" + SECRET + "@mlflow.example.com",
+                                 "postgresql://alice:" + SECRET + "@db.example.com/mlflow"])
+def test_tracking_uri_with_credentials_is_refused(uri, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [f"mlflow.tracking_uri={uri}"])
+    message = str(refused.value)
+    assert message.startswith("mlflow.tracking_uri: holds credentials")
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in message
+    assert SECRET not in message
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI: holds credentials") as refused:
+        resolve_paths(from_dict({}), tmp_path)
+    assert SECRET not in str(refused.value)
+
+
+@pytest.mark.parametrize("uri", ["https://mlflow.example.com", "http://127.0.0.1:5000",
+                                 "sqlite:///runs/mlflow.db", "databricks"])
+def test_tracking_uri_without_credentials_is_accepted(uri):
+    assert load_config(None, [f"mlflow.tracking_uri={uri}"]).mlflow.tracking_uri == uri
+
+
+def test_cli_refuses_credentials_in_the_uri_without_echoing_them(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    uri = f"https://alice:{SECRET}@mlflow.example.com"
+    job = subprocess.run([sys.executable, "-m", "jobs.train", "--project-dir", str(tmp_path),
+                          "--set", f"mlflow.tracking_uri={uri}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert job.returncode == 2
+    assert job.stderr.splitlines() == [
+        "error: mlflow.tracking_uri: holds credentials (user:password@host); keep secrets out of "
+        "URIs, configs and logs: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+        "MLFLOW_TRACKING_TOKEN) in the environment and give the URI without them"]
+    assert SECRET not in job.stdout + job.stderr
+
+
+def test_logged_params_and_tags_hold_no_credentials(tmp_path, mlflow_uri, monkeypatch):
+    from pdml_ray.service.tracking import start_run
+
+    # Where credentials belong: the environment, read by MLflow's HTTP client.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRET + "-token")
+    cfg = resolve_paths(from_dict({"mlflow": {"tracking_uri": mlflow_uri,
+                                              "experiment": "security"}}), tmp_path)
+    run_id = start_run(cfg, ray_run_name="no-secrets")
+    run = MlflowClient(mlflow_uri).get_run(run_id)
+    assert run.data.params["mlflow.tracking_uri"] == mlflow_uri
+    logged = json.dumps({**run.data.params, **run.data.tags})
+    assert SECRET not in logged and "alice" not in logged
