@@ -22,7 +22,10 @@ def main() -> int:
     from pdml_ray.service.driver import run_training
     from pdml_ray.service.runtime import configure_logging, ray_session
 
+    from pdml_ray.service.tracking import check_tracking_store
+
     configure_logging()
+    check_tracking_store(cfg.mlflow.tracking_uri)  # fail in seconds, before Ray starts
     print(dump_config(cfg))
     with ray_session(cfg.ray.address):
         result = run_training(cfg)

@@ -27,7 +27,10 @@ def main() -> int:
     from pdml_ray.service.runtime import configure_logging, ray_session
     from pdml_ray.service.sweep import run_sweep, table_markdown
 
+    from pdml_ray.service.tracking import check_tracking_store
+
     configure_logging()
+    check_tracking_store(cfg.mlflow.tracking_uri)  # fail in seconds, before Ray starts
     with ray_session(cfg.ray.address):
         result = run_sweep(cfg, resume=not args.fresh)
     print(f"\nsweep {result.name}: {len(result.table)} trials "

@@ -23,7 +23,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from pdml_ray.config import Config
+from pdml_ray.config import Config, dump_config
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,8 @@ def start_run(cfg: Config, *, ray_run_name: str, parent_run_id: str | None = Non
     params = [Param(key, _param_value(value)) for key, value in cfg.flat().items()]
     for start in range(0, len(params), 100):  # log_batch takes at most 100 params
         client.log_batch(run.info.run_id, params=params[start:start + 100])
+    # The whole config as the file that reproduces the run (`jobs.train --config`).
+    client.log_text(run.info.run_id, dump_config(cfg), "config.yaml")
     return run.info.run_id
 
 

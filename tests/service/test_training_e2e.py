@@ -13,7 +13,9 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from pdml_ray.config import from_dict, resolve_paths
+from mlflow.artifacts import download_artifacts
+
+from pdml_ray.config import from_dict, load_config, resolve_paths
 from pdml_ray.service.checkpoint import CHECKPOINT_FILE
 from pdml_ray.service.driver import run_training
 from pdml_ray.service.store import STORE_NAMESPACE, store_actor_name
@@ -59,6 +61,9 @@ def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlf
     # A checkpoint holding the model was written; MLflow has params and metrics.
     assert (Path(first.checkpoint_path) / CHECKPOINT_FILE).is_file()
     run = MlflowClient(mlflow_uri).get_run(first.mlflow_run_id)
+    config_text = download_artifacts(run_id=first.mlflow_run_id, artifact_path="config.yaml",
+                                     tracking_uri=mlflow_uri)
+    assert load_config(config_text) == cfg  # the logged file reproduces the run's config
     assert run.data.params["loss.margin"] == "5.0"
     assert run.data.params["extension.threshold"] == "0.7"
     for key in ("loss", "loss_ce", "loss_pdml", "dis_pos", "dis_neg", "lr", "images_per_s",
