@@ -28,9 +28,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest $(ARGS)
 
-## bench: the cost benchmarks (figures go to docs/benchmarks.md by hand)
+## bench: every cost benchmark in sequence (tables printed, raw JSON in bench/results/)
 bench: setup
-	$(PY) bench/bench_pdml.py
+	$(PY) bench/run_cost.py $(ARGS)
 
 clean:
 	rm -rf .ray_tmp ray_results mlruns outputs .pytest_cache

@@ -19,9 +19,11 @@ Subgroups are ``--subgroup-size`` consecutive images. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,7 +51,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-step", action="store_true", help="do not time the model step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    parser.add_argument("--out", default=None, help="JSON of the raw results (default: "
+                        "bench/results/pdml.json, pdml-quick.json with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: a validation run of the script, not a figure")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.dim, args.reps, args.ref_reps = [4, 8], 64, 2, 1
+        args.backbone, args.crop, args.step_batch = "resnet18", 65, 1
+    if args.out is None:
+        name = "pdml-quick.json" if args.quick else "pdml.json"
+        args.out = str(Path(__file__).resolve().parent / "results" / name)
+    return args
 
 
 def median_seconds(fn, reps: int, warmup: int = 1) -> float:
@@ -174,6 +187,12 @@ def main() -> None:
         print(f"| {images} x {args.points_per_image} | {triplets} | {1e3 * t_mine:.2f} "
               f"| {1e3 * t_vec:.2f} | {1e3 * t_sample:.1f} | {1e3 * t_loop:.0f} "
               f"| {t_loop / t_vec:.0f}x | {step_text} | {share} |")
+    keys = ("images", "triplets", "mining_s", "mining_loss_s", "sampling_s", "loop_s", "step_s")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "torch": torch.__version__,
+                                          "rows": [dict(zip(keys, row)) for row in rows]},
+                                         indent=2))
+    print(f"\nraw results: {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+"""What the benchmark scripts share: where results go, the benchmark's synthetic scenes,
+configs from ``--config``/``--set``, MLflow look-ups, statistics and markdown tables.
+
+The scripts run as files (``python bench/x.py``); Ray puts the script's folder on its
+workers' ``sys.path``, so code the workers run may import this module too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+# The fixed synthetic benchmark (also the demo's data): 200 train / 50 val scenes of
+# 96 x 96 px, 8 classes, 8.5 points per train image (one per instance), seed 0.
+SCENES = {"synthetic_train": 200, "synthetic_val": 50, "synthetic_size": 96, "synthetic_seed": 0}
+QUICK_SCENES = {"synthetic_train": 16, "synthetic_val": 6, "synthetic_size": 48,
+                "synthetic_seed": 3}
+
+
+def setup_environment() -> None:
+    """Ray and MLflow write inside the repository and report nothing home (as ``make``)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_TMPDIR", str(REPO / ".ray_tmp"))
+    os.makedirs(os.environ["RAY_TMPDIR"], exist_ok=True)
+
+
+def machine() -> dict[str, Any]:
+    """The machine and versions a figure comes from, and how busy the machine was."""
+    import torch
+
+    info = {"machine": platform.machine(), "processor": platform.processor() or "unknown",
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "load_average_1min": os.getloadavg()[0],
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for name in ("ray", "mlflow"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def warn_if_busy() -> None:
+    """Say so when other processes compete for the CPUs: timings are then inflated."""
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.5 * cpus:
+        print(f"WARNING: load average {load:.1f} on {cpus} CPUs before the benchmark: "
+              "timings are contaminated by other processes\n")
+
+
+def write_json(name: str, payload: Mapping[str, Any], *, quick: bool = False) -> Path:
+    """``bench/results/<name>[-quick].json`` with the machine description added."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}{'-quick' if quick else ''}.json"
+    payload = _strict({"machine": machine(), **payload})
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False))
+    return path
+
+
+def _strict(value: Any) -> Any:
+    """JSON-ready: NaN and infinities become null, tuples lists, paths strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# -- configs -----------------------------------------------------------------------------
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, repeatable ``--set KEY=VALUE`` and ``--quick``, as the jobs take them."""
+    parser.add_argument("--config", help="YAML config to start from (default: the embedded "
+                        "defaults on the benchmark's synthetic scenes)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value, e.g. "
+                        "ray.use_gpu=true (repeatable; applied last)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: a validation run of the script, not a figure")
+
+
+def bench_config(args: argparse.Namespace, settings: Mapping[str, Any], *, experiment: str):
+    """The config of a benchmark run: ``--config`` (or the defaults), then the benchmark's
+    ``settings``, then ``--set``. Results, Ray storage and the MLflow store live under
+    ``bench/results``; synthetic scenes get a folder named after their generation settings,
+    so that scenes of another size are never silently reused."""
+    from pdml_ray.config import apply_overrides, load_config, resolve_paths
+
+    cfg = load_config(args.config)
+    scenes = {}
+    if not args.config:
+        chosen = QUICK_SCENES if args.quick else SCENES
+        scenes = {f"data.{k}": v for k, v in chosen.items()}
+        scenes["data.crop_size"] = chosen["synthetic_size"]
+    cfg = cfg.replace(**{
+        **scenes,
+        "ray.storage_path": str(RESULTS / "ray_results"),
+        "mlflow.tracking_uri": f"sqlite:///{RESULTS / 'mlflow.db'}",
+        "mlflow.artifact_location": str(RESULTS / "mlartifacts"),
+        "mlflow.experiment": experiment,
+        "mlflow.register": False,
+        **settings})
+    cfg = apply_overrides(cfg, args.overrides)
+    root_given = any(item.partition("=")[0].strip() == "data.root" for item in args.overrides)
+    if cfg.data.dataset == "synthetic" and not root_given and not args.config:
+        d = cfg.data
+        cfg = cfg.replace(**{"data.root": str(
+            RESULTS / "scenes" / f"synthetic-{d.synthetic_train}-{d.synthetic_val}-"
+                                 f"{d.synthetic_size}px-seed{d.synthetic_seed}")})
+    return resolve_paths(cfg, REPO)
+
+
+def describe_config(cfg, *, supervision: bool = True, mining: bool = True) -> str:
+    """One line: model, data, batch (and supervision, mining scope) of a run."""
+    d, t = cfg.data, cfg.train
+    data = (f"synthetic {d.synthetic_train}/{d.synthetic_val} scenes at {d.synthetic_size} px"
+            if d.dataset == "synthetic" else d.dataset)
+    device = "GPU" if cfg.ray.use_gpu else "CPU"
+    return (f"{cfg.model.backbone} OS{cfg.model.output_stride} {cfg.model.head}, {data}, crop "
+            f"{d.crop_size}, global batch {t.batch_size} on {cfg.ray.num_workers} {device} "
+            f"workers" + (f", supervision {t.supervision}" if supervision else "")
+            + (f", mining {cfg.loss.mining}" if mining else ""))
+
+
+# -- MLflow ------------------------------------------------------------------------------
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float, int]]:
+    """``(step, value, timestamp_ms)`` of one metric, in step order."""
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(uri).get_metric_history(run_id, key)
+    return sorted((m.step, m.value, m.timestamp) for m in history)
+
+
+def step_times(uri: str, run_id: str, *, global_batch: int, warmup: int) -> dict[str, list[float]]:
+    """Per-step seconds of a run logged with ``train.log_every_steps=1``, warm-up dropped.
+
+    ``loop``: global batch / ``images_per_s``, the engine's own timer on rank 0 (from the
+    end of one logging call to the end of the next step). ``wall``: the gap between the
+    timestamps of consecutive metric writes, which also holds rank 0's MLflow write.
+    """
+    rows = [row for row in metric_history(uri, run_id, "images_per_s") if row[0] > warmup]
+    loop = [global_batch / value for _, value, _ in rows]
+    wall = [(b[2] - a[2]) / 1e3 for a, b in zip(rows, rows[1:]) if b[0] == a[0] + 1]
+    return {"loop": loop, "wall": wall}
+
+
+# -- statistics and tables -----------------------------------------------------------------
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(int(round(q / 100 * (len(ordered) - 1))), len(ordered) - 1)]
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``"41.2 ± 1.3"`` (sample std over seeds); one value: no ±; none: ``n/a``."""
+    values = [v * scale for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def phase(label: str) -> Iterator[None]:
+    """Print a progress line before and after a long phase, with its duration."""
+    start = time.perf_counter()
+    print(f"-- {label} ...", flush=True)
+    yield
+    print(f"-- {label}: {time.perf_counter() - start:.0f} s", flush=True)
