@@ -140,7 +140,7 @@ def measure_loop(loop_config: dict) -> None:
                         output_stride=cfg.model.output_stride, head=cfg.model.head)
     optimizer = make_optimizer(cfg, model)
     model = ray.train.torch.prepare_model(model)
-    miner = build_miner(cfg.loss, local_batch_size=local_batch, store=None, start_step=0)
+    miner = build_miner(cfg.loss, store=None, start_step=0)
     step_seconds: list[float] = []
     timed = WaitTimer(train_loader)
 

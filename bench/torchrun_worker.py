@@ -63,7 +63,7 @@ def main() -> None:
     total_steps = cfg.train.epochs * len(loader)
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
-    miner = build_miner(cfg.loss, local_batch_size=local_batch, store=None, start_step=0)
+    miner = build_miner(cfg.loss, store=None, start_step=0)
     distances = (DistanceRecorder.for_run(cfg, total_steps=total_steps, steps_per_epoch=len(loader))
                  if rank == 0 and cfg.uses_pdml else None)
     steps: list[dict] = []

@@ -34,7 +34,8 @@ def ray_cluster():
         os.environ.pop("RAY_TMPDIR", None)
     else:
         os.environ["RAY_TMPDIR"] = previous
-    shutil.rmtree(base, ignore_errors=True)
+    if not os.environ.get("PDML_KEEP_RAY_TMP"):  # set it to read a failed run's Ray logs
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -35,11 +35,15 @@ def _gather_fixed(tensor: torch.Tensor, world: int) -> torch.Tensor:
 
 
 def gather_points(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor,
-                  batch_index: torch.Tensor, *, local_batch_size: int) -> GatheredPoints:
+                  batch_index: torch.Tensor) -> GatheredPoints:
     """Gather (N_r, D) embeddings and their metadata from every rank r.
 
-    The global batch position of a point is ``rank * local_batch_size + batch_index``,
-    so consecutive-image subgroups can span workers, as in the paper's global batch.
+    The global batch position of a point is ``batch_index * world + rank``: workers'
+    images interleave the way DistributedSampler deals the dataset out (rank r gets
+    samples r, r + world, ...), so any subgroup of two or more consecutive positions
+    spans workers, as the paper's subgroups span the images of its global batch.
+    Numbering rank-major instead would let a subgroup the size of the local batch (the
+    default) never leave its worker, and ``global`` mining would equal ``in_batch``.
     """
     world, rank = dist.get_world_size(), dist.get_rank()
     device = embeddings.device
@@ -51,7 +55,7 @@ def gather_points(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: tor
     def padded(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
 
-    position = batch_index + rank * local_batch_size
+    position = batch_index * world + rank
     all_embeddings = all_gather_single_autograd(padded(embeddings), 0, dist.group.WORLD)
     meta = torch.stack([labels, image_ids, position], dim=1).long()
     all_meta = _gather_fixed(padded(meta), world)

@@ -2,7 +2,8 @@
 
 - ``in_batch``: the engine's :class:`InBatchMiner` (subgroups of one worker's batch).
 - ``global``: subgroups of consecutive images of the *global* batch, formed after a
-  differentiable all_gather, so a subgroup spans images held by different workers.
+  differentiable all_gather, so a subgroup spans images held by different workers
+  (positions interleave ranks: see :func:`gather_points`).
 - ``global+store``: the above plus triplets whose anchor is a local point and whose
   positive and negative come from the EmbeddingStore (other workers, earlier steps).
 
@@ -37,9 +38,8 @@ def _with_loss(terms: PDMLTerms, loss: torch.Tensor) -> PDMLTerms:
 class GlobalSubgroupMiner:
     """Subgroups over the global batch; this worker scores the triplets it anchors."""
 
-    def __init__(self, loss_cfg: LossConfig, *, local_batch_size: int):
+    def __init__(self, loss_cfg: LossConfig):
         self.cfg = loss_cfg
-        self.local_batch_size = local_batch_size
         self.stats: dict[str, float] = {}
 
     def __call__(self, points: PointBatch) -> PDMLTerms:
@@ -48,7 +48,7 @@ class GlobalSubgroupMiner:
             return InBatchMiner(cfg)(points)
         world = dist.get_world_size()
         gathered = gather_points(points.embeddings, points.labels, points.image_ids,
-                                 points.batch_index, local_batch_size=self.local_batch_size)
+                                 points.batch_index)
         triplets = mine_triplets(gathered.labels, gathered.image_ids,
                                  gathered.global_position // cfg.subgroup_size,
                                  pairing=cfg.pairing)
@@ -107,11 +107,11 @@ class StoreMiner:
         return _with_loss(terms, loss)
 
 
-def build_miner(loss_cfg: LossConfig, *, local_batch_size: int, store: StoreClient | None,
+def build_miner(loss_cfg: LossConfig, *, store: StoreClient | None,
                 start_step: int) -> TripletMiner:
     if loss_cfg.mining == "in_batch":
         return InBatchMiner(loss_cfg)
-    miner: TripletMiner = GlobalSubgroupMiner(loss_cfg, local_batch_size=local_batch_size)
+    miner: TripletMiner = GlobalSubgroupMiner(loss_cfg)
     if loss_cfg.mining == "global+store" and store is not None:
         store.request(loss_cfg.store_samples, step=start_step, max_staleness=loss_cfg.store_max_staleness)
         miner = StoreMiner(miner, store, loss_cfg, start_step=start_step)

@@ -74,7 +74,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         total_steps = min(total_steps, cfg.train.max_steps)
     store = (StoreClient(loop_config["store_name"], rank=rank)
              if loop_config.get("store_name") else None)
-    miner = build_miner(cfg.loss, local_batch_size=local_batch, store=store, start_step=step)
+    miner = build_miner(cfg.loss, store=store, start_step=step)
     tracker = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     distances = (DistanceRecorder.for_run(cfg, total_steps=total_steps,
                                           steps_per_epoch=steps_per_epoch)

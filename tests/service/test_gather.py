@@ -1,5 +1,9 @@
 """Global subgroups across workers: the 2-worker PDML gradient equals the single-process
-gradient on the same global batch (real gloo process group, no Ray needed)."""
+gradient on the same global batch (real gloo process group, no Ray needed).
+
+The workers hold the global batch the way DistributedSampler deals it out: rank r holds
+positions r, r + WORLD, ..., so a subgroup of LOCAL_BATCH consecutive positions holds
+images of both workers."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import torch.multiprocessing as mp
 
 from pdml_ray.config import LossConfig
 from pdml_ray.engine import PointBatch
-from pdml_ray.losses import pdml_terms
+from pdml_ray.losses import mine_triplets, pdml_terms
 from pdml_ray.service.mining import GlobalSubgroupMiner
 
 WORLD, LOCAL_BATCH, DIM_IN, DIM = 2, 4, 6, 5
@@ -50,11 +54,11 @@ def _worker(rank: int, init_file: str, out_folder: str) -> None:
 
 def _distributed_step(rank: int, seed: int, out_file: str) -> None:
     inputs, labels, image_ids, position, weight = global_batch(seed)
-    mine = (position >= rank * LOCAL_BATCH) & (position < (rank + 1) * LOCAL_BATCH)
+    mine = position % WORLD == rank
     weight = weight.clone().requires_grad_()
     points = PointBatch(inputs[mine] @ weight, labels[mine], image_ids[mine],
-                        position[mine] - rank * LOCAL_BATCH)
-    terms = GlobalSubgroupMiner(LOSS, local_batch_size=LOCAL_BATCH)(points)
+                        position[mine] // WORLD)
+    terms = GlobalSubgroupMiner(LOSS)(points)
     terms.loss.backward()
     grad = weight.grad.clone()
     dist.all_reduce(grad)
@@ -63,6 +67,18 @@ def _distributed_step(rank: int, seed: int, out_file: str) -> None:
     dist.all_reduce(loss)
     if rank == 0:
         torch.save({"grad": grad, "loss": loss / WORLD}, out_file)
+
+
+def test_global_subgroups_of_the_local_batch_size_span_workers():
+    """Without this, the gradient test below would also pass for a numbering under which
+    ``global`` mining never leaves a worker."""
+    for seed in SEEDS:
+        _, labels, image_ids, position, _ = global_batch(seed)
+        triplets = mine_triplets(labels, image_ids, position // LOSS.subgroup_size,
+                                 pairing=LOSS.pairing)
+        rank_of = position % WORLD
+        anchor, positive, negative = (rank_of[triplets[:, i]] for i in range(3))
+        assert ((anchor != positive) | (anchor != negative)).any()
 
 
 def test_two_worker_gradient_equals_single_process(tmp_path):
