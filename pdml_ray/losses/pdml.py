@@ -50,10 +50,9 @@ def safe_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     this), and it reads the difference once instead of the three passes of
     ``sqrt(sum(v ** 2))``.
     """
-    diff = x - y
-    if diff.dtype in (torch.float16, torch.bfloat16):
-        diff = diff.float()
-    return torch.linalg.vector_norm(diff, dim=1)
+    if x.dtype in (torch.float16, torch.bfloat16):  # before the difference: it cancels
+        x, y = x.float(), y.float()
+    return torch.linalg.vector_norm(x - y, dim=1)
 
 
 def _terms_from_distances(pos_dist: torch.Tensor, neg_dist: torch.Tensor, *, margin: float,
@@ -88,22 +87,84 @@ def triplet_terms(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.
                                  margin=margin, alpha=alpha, beta=beta)
 
 
-def _mined_distances(embeddings: torch.Tensor, triplets: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dis(+) and dis(-) ``(T,)`` of mined triplets, each distinct pair computed once.
+# A squared distance read off the Gram matrix, |a|^2 + |b|^2 - 2 a.b, loses digits to
+# cancellation when it is small against |a|^2 + |b|^2 (float32 keeps ~1e-5 of that sum
+# at D = 2048). Pairs closer than this share of it are measured by their difference
+# instead, so collapsing embeddings (what the loss weight must be watched for) keep
+# exact distances and zero-subgradients; elsewhere the relative error stays near 1e-4.
+GRAM_RELATIVE_FLOOR = 0.05
 
-    With ``pairing="all"`` one (anchor, point) pair recurs in many triplets; computing
-    distances per distinct pair keeps memory at O(pairs x D) instead of O(T x D).
+
+def _subgroup_slots(subgroup_ids: torch.Tensor | None, num_points: int, device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Each point's subgroup ``group`` (0..S-1) and ``slot`` within it, S and the largest
+    subgroup size M: the coordinates of the point in a padded ``(S, M, D)`` block."""
+    if subgroup_ids is None:
+        return (torch.zeros(num_points, dtype=torch.long, device=device),
+                torch.arange(num_points, device=device), 1, num_points)
+    _, group, counts = torch.unique(subgroup_ids, return_inverse=True, return_counts=True)
+    order = torch.argsort(group, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(num_points, device=device) - starts[group[order]]
+    return group, slot, counts.numel(), int(counts.max())
+
+
+def pair_distances(embeddings: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                   subgroup_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Euclidean distances ``(K,)`` between rows ``first[k]`` and ``second[k]`` of ``(N, D)``
+    ``embeddings``, differentiable, in float32 or wider.
+
+    Both points of a pair must share a subgroup (as mined triplets do). Distances come
+    from the Gram matrix of each subgroup, one batched matmul over ``(S, M, D)`` blocks:
+    gathering and differencing a D-wide row per pair is memory-bound and, at the paper's
+    D = 2048, several times slower on a CPU. Near-coinciding pairs (see
+    ``GRAM_RELATIVE_FLOOR``) are measured by their difference.
     """
-    num_points, num_triplets = embeddings.shape[0], triplets.shape[0]
-    pairs = torch.cat([triplets[:, 0] * num_points + triplets[:, 1],
-                       triplets[:, 0] * num_points + triplets[:, 2]])
-    distinct, where = torch.unique(pairs, return_inverse=True)
-    # index_select rather than embeddings[idx]: its backward is an index_add, markedly
-    # cheaper on CPU than the accumulating index_put of advanced indexing.
-    dist = safe_distance(embeddings.index_select(0, distinct // num_points),
-                         embeddings.index_select(0, distinct % num_points))
-    return dist[where[:num_triplets]], dist[where[num_triplets:]]
+    num_points = embeddings.shape[0]
+    if first.numel() == 0:
+        return embeddings.new_zeros(0, dtype=torch.promote_types(embeddings.dtype, torch.float32))
+    group, slot, num_groups, width = _subgroup_slots(subgroup_ids, num_points, embeddings.device)
+    if not torch.equal(group[first], group[second]):
+        raise ValueError("pair_distances: every pair must lie within one subgroup")
+    wide = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+    blocks = wide.new_zeros(num_groups * width, wide.shape[1]).index_copy(
+        0, group * width + slot, wide).view(num_groups, width, -1)
+    # Kept out of autocast: a half-precision Gram matrix would lose every small distance.
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        gram = torch.bmm(blocks, blocks.transpose(1, 2)).reshape(-1)
+    block_offset = group[first] * (width * width)
+    squared_norm = gram[group * (width * width) + slot * (width + 1)]  # each block's diagonal
+    norms = squared_norm[first] + squared_norm[second]
+    squared = norms - 2 * gram[block_offset + slot[first] * width + slot[second]]
+    near = squared <= GRAM_RELATIVE_FLOOR * norms
+    distance = squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt()
+    if bool(near.any()):
+        where = near.nonzero().squeeze(1)
+        exact = safe_distance(wide.index_select(0, first[where]), wide.index_select(0, second[where]))
+        distance = distance.index_put((where,), exact)
+    return distance
+
+
+def _mined_distances(embeddings: torch.Tensor, triplets: torch.Tensor,
+                     subgroup_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """dis(+) and dis(-) ``(T,)`` of mined triplets."""
+    num_triplets = triplets.shape[0]
+    anchors = triplets[:, 0].repeat(2)
+    others = torch.cat([triplets[:, 1], triplets[:, 2]])
+    dist = pair_distances(embeddings, anchors, others, subgroup_ids)
+    return dist[:num_triplets], dist[num_triplets:]
+
+
+def mined_triplet_terms(embeddings: torch.Tensor, triplets: torch.Tensor,
+                        subgroup_ids: torch.Tensor | None = None, *, margin: float = 20.0,
+                        alpha: float = 0.8, beta: float = 1.0) -> PDMLTerms:
+    """PDML terms of ``(T, 3)`` row triplets of ``embeddings`` mined within ``subgroup_ids``
+    (e.g. a subset of the triplets :func:`mine_triplets` returned)."""
+    if triplets.shape[0] == 0:
+        return _no_triplet_terms(embeddings)
+    pos_dist, neg_dist = _mined_distances(embeddings, triplets, subgroup_ids)
+    return _terms_from_distances(pos_dist, neg_dist, margin=margin, alpha=alpha, beta=beta)
 
 
 def _check_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
@@ -133,10 +194,8 @@ def pdml_terms(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: torch.
     _check_embeddings(embeddings, labels)
     triplets = mine_triplets(labels, image_ids, subgroup_ids, pairing=pairing,
                              ignore_index=ignore_index)
-    if triplets.shape[0] == 0:
-        return _no_triplet_terms(embeddings)
-    pos_dist, neg_dist = _mined_distances(embeddings, triplets)
-    return _terms_from_distances(pos_dist, neg_dist, margin=margin, alpha=alpha, beta=beta)
+    return mined_triplet_terms(embeddings, triplets, subgroup_ids, margin=margin, alpha=alpha,
+                               beta=beta)
 
 
 def pdml_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor,
@@ -162,4 +221,4 @@ def triplet_distances(embeddings: torch.Tensor, labels: torch.Tensor, image_ids:
     if triplets.shape[0] == 0:
         empty = embeddings.new_empty(0, dtype=torch.float32)
         return empty, empty.clone()
-    return _mined_distances(embeddings, triplets)
+    return _mined_distances(embeddings, triplets, subgroup_ids)

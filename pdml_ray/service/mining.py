@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from pdml_ray.config import LossConfig
 from pdml_ray.engine import InBatchMiner, PointBatch, TripletMiner
-from pdml_ray.losses import PDMLTerms, mine_triplets, mine_triplets_between, triplet_terms
+from pdml_ray.losses import (PDMLTerms, mine_triplets, mine_triplets_between,
+                             mined_triplet_terms, triplet_terms)
 from pdml_ray.service.gather import gather_points
 from pdml_ray.service.store import StoreClient
 
@@ -49,14 +50,14 @@ class GlobalSubgroupMiner:
         world = dist.get_world_size()
         gathered = gather_points(points.embeddings, points.labels, points.image_ids,
                                  points.batch_index)
-        triplets = mine_triplets(gathered.labels, gathered.image_ids,
-                                 gathered.global_position // cfg.subgroup_size,
+        subgroups = gathered.global_position // cfg.subgroup_size
+        triplets = mine_triplets(gathered.labels, gathered.image_ids, subgroups,
                                  pairing=cfg.pairing)
         anchors = triplets[:, 0]
         mine = triplets[(anchors >= gathered.local.start) & (anchors < gathered.local.stop)]
         emb = gathered.embeddings
-        terms = triplet_terms(emb[mine[:, 0]], emb[mine[:, 1]], emb[mine[:, 2]],
-                              margin=cfg.margin, alpha=cfg.alpha, beta=cfg.beta)
+        terms = mined_triplet_terms(emb, mine, subgroups, margin=cfg.margin, alpha=cfg.alpha,
+                                    beta=cfg.beta)
         share = world * mine.shape[0] / max(triplets.shape[0], 1)
         # A worker with no anchored triplet still joins the gather's backward.
         loss = terms.loss * share + emb.sum() * 0

@@ -1,4 +1,5 @@
-"""The PDML loss on hand-built 2-D embeddings, its diagnostics and its gradients."""
+"""The PDML loss on hand-built 2-D embeddings, its diagnostics and its gradients; the
+Gram-matrix pair distances against plain row differences."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 import pytest
 import torch
 
-from pdml_ray.losses import (PDMLTerms, mine_triplets, pdml_terms, pdml_triplet_loss,
-                             triplet_distances, triplet_terms)
+from pdml_ray.losses import (PDMLTerms, mine_triplets, pair_distances, pdml_terms,
+                             pdml_triplet_loss, safe_distance, triplet_distances, triplet_terms)
 
 # Image 0: anchor A (class 0) at the origin. Image 1: P (class 0) at (3, 4), N (class 1) at
 # (0, 1). The only triplet is (A, P, N): dis(+) = 5, dis(-) = 1. Points of image 1 find no
@@ -110,3 +111,68 @@ def test_half_precision_distances_are_float32():
     terms = pdml_terms(embeddings, LABELS, IMAGES)
     assert terms.loss.dtype == torch.float32
     assert terms.pos_dist.item() == pytest.approx(5.0)
+
+
+# -- pair_distances: Gram-matrix distances against row differences ---------------------
+def random_pairs(seed: int, n: int, dim: int, dtype=torch.float64):
+    """Embeddings, subgroups of uneven size with arbitrary ids, and pairs within them."""
+    g = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(n, dim, generator=g, dtype=dtype)
+    subgroups = torch.randint(0, 4, (n,), generator=g) * 7 - 5
+    first, second = [], []
+    for i in range(n):
+        mates = (subgroups == subgroups[i]).nonzero().squeeze(1)
+        for j in mates[torch.randint(0, len(mates), (3,), generator=g)]:
+            first.append(i)
+            second.append(int(j))
+    return embeddings, subgroups, torch.tensor(first), torch.tensor(second)
+
+
+def test_pair_distances_equal_row_differences_with_their_gradients():
+    for seed in range(20):
+        embeddings, subgroups, first, second = random_pairs(seed, n=30, dim=6)
+        weights = torch.rand(len(first), dtype=torch.float64)
+        leaf = embeddings.clone().requires_grad_(True)
+        got = pair_distances(leaf, first, second, subgroups if seed % 2 else None)
+        (got * weights).sum().backward()
+        reference = embeddings.clone().requires_grad_(True)
+        want = safe_distance(reference[first], reference[second])
+        (want * weights).sum().backward()
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(leaf.grad, reference.grad, rtol=1e-9, atol=1e-12)
+        assert (got == 0).any()  # self-pairs were drawn: the exact path was taken too
+
+
+def test_pair_distances_in_float32_at_paper_width_stay_accurate_near_collapse():
+    # ReLU-like features sharing a large common part; some pairs nearly coincide.
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 2048, generator=g) * 4
+    embeddings = (base + torch.rand(64, 2048, generator=g)).double()
+    embeddings[32:] = embeddings[:32] + 1e-3 * torch.randn(32, 2048, generator=g, dtype=torch.float64)
+    first = torch.arange(64).repeat(64)
+    second = torch.arange(64).repeat_interleave(64)
+    exact = safe_distance(embeddings[first], embeddings[second])
+    leaf = embeddings.float().requires_grad_(True)
+    got = pair_distances(leaf, first, second)
+    got.sum().backward()
+    assert got.dtype == torch.float32 and torch.isfinite(leaf.grad).all()
+    relative = (got.double() - exact).abs() / exact.clamp_min(1e-30)
+    assert relative[exact > 0].max() < 1e-3
+    assert (got[exact == 0] == 0).all()
+
+
+def test_pair_distances_refuse_pairs_across_subgroups():
+    embeddings = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="subgroup"):
+        pair_distances(embeddings, torch.tensor([0]), torch.tensor([3]),
+                       torch.tensor([0, 0, 1, 1]))
+
+
+def test_pair_distances_under_autocast_are_float32():
+    embeddings = torch.randn(6, 8)
+    first, second = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pair_distances(embeddings.to(torch.bfloat16), first, second)
+    assert got.dtype == torch.float32
+    rounded = embeddings.to(torch.bfloat16).float()
+    torch.testing.assert_close(got, safe_distance(rounded[first], rounded[second]))
