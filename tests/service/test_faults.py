@@ -200,8 +200,10 @@ def train_worker_pids() -> list[int]:
 
 def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path, data_root,
                                                               mlflow_uri):
+    # One restart for the kill, one spare: a CI run on a loaded machine once lost the
+    # restarted group's worker as well (not reproduced since); production runs keep 2.
     cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": 2},
-                      ray={"run_name": "faults-worker", "max_failures": 1},
+                      ray={"run_name": "faults-worker", "max_failures": 2},
                       mlflow={"register": False})
     storage, done, killed = Path(cfg.ray.storage_path), threading.Event(), {}
 
