@@ -1,4 +1,5 @@
-"""What every job's command line shares: --config, --set, --project-dir, and clean errors."""
+"""What every job's command line shares: --config, --set, --project-dir, the inference
+flags of predict and evaluate, and clean errors."""
 
 from __future__ import annotations
 
@@ -66,3 +67,47 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def scales_arg(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return scales
+
+
+def overlap_arg(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"overlap is a fraction in [0, 1), got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sliding-window and test-time-augmentation flags of jobs.predict and jobs.evaluate."""
+    group = parser.add_argument_group("sliding window and test-time augmentation")
+    group.add_argument("--tile", type=positive_int, default=None, metavar="PIXELS",
+                       help="predict images larger than this in overlapping square windows "
+                       "of this side (default: whole images)")
+    group.add_argument("--overlap", type=overlap_arg, default=1 / 3, metavar="FRACTION",
+                       help="overlap of neighbouring windows, a fraction of --tile "
+                       "(default: 0.33)")
+    group.add_argument("--scales", type=scales_arg, default=(1.0,), metavar="S1,S2,...",
+                       help="predict at these scales (1: as given) and average the "
+                       "probabilities (e.g. 0.75,1,1.25; default: 1)")
+    group.add_argument("--flip", action="store_true",
+                       help="also predict on the mirrored image and average")
+
+
+def inference_options(args: argparse.Namespace) -> dict:
+    return {"tile": args.tile, "overlap": args.overlap, "scales": args.scales, "flip": args.flip}

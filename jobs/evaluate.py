@@ -19,8 +19,8 @@ import math
 import time
 from pathlib import Path
 
-from jobs.cli import add_config_arguments, config_from_args, run_cli
-from jobs.predict import add_inference_arguments, inference_options
+from jobs.cli import (add_config_arguments, add_inference_arguments, config_from_args,
+                      inference_options, run_cli)
 
 
 def main() -> int:

@@ -182,7 +182,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
 
     The learning rate follows the poly schedule of the global step, so a run resumed
     from a checkpoint continues the same curve. ``on_log(step, means)`` receives the
-    averaged loss terms every ``train.log_every_steps`` steps. Raises FloatingPointError
+    averaged loss terms every ``train.log_every_steps`` steps and at the epoch's end, so
+    every step is in exactly one logged mean. Raises FloatingPointError
     on a non-finite loss rather than silently training a broken model.
     """
     model.train()
@@ -190,6 +191,16 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
     averager = _Averager()
     use_amp = scaler is not None
     tick, images_seen = time.perf_counter(), 0
+
+    def log_means() -> None:
+        nonlocal tick, images_seen
+        elapsed = time.perf_counter() - tick
+        means = averager.flush()
+        means.update(lr=optimizer.param_groups[0]["lr"], epoch=float(epoch),
+                     images_per_s=images_seen / max(elapsed, 1e-9))
+        on_log(step, means)
+        tick, images_seen = time.perf_counter(), 0
+
     for batch in loader:
         if step >= total_steps:
             break
@@ -214,12 +225,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
         images_seen += batch["image"].shape[0]
         averager.add(logs)
         if on_log is not None and (step % cfg.train.log_every_steps == 0 or step == total_steps):
-            elapsed = time.perf_counter() - tick
-            means = averager.flush()
-            means.update(lr=optimizer.param_groups[0]["lr"], epoch=float(epoch),
-                         images_per_s=images_seen / max(elapsed, 1e-9))
-            on_log(step, means)
-            tick, images_seen = time.perf_counter(), 0
+            log_means()
+    if on_log is not None and averager.steps:  # the epoch's tail since the last log
+        log_means()
     return step
 
 

@@ -127,3 +127,19 @@ def test_non_finite_loss_stops_training(scenes):
         train_one_epoch(model, DataLoader(train, batch_size=4), make_optimizer(cfg, model),
                         cfg=cfg, epoch=0, start_step=0, total_steps=1,
                         device=torch.device("cpu"))
+
+
+def test_every_step_is_in_exactly_one_logged_mean(scenes):
+    """Epochs of 3 steps, a log every 2: the epoch's tail is logged at its end, not lost."""
+    cfg = Config(data=scenes).replace(**{"train.supervision": "point", "train.batch_size": 2,
+                                         "train.log_every_steps": 2, "model.backbone": "resnet18"})
+    loader = DataLoader(Subset(build_dataset(cfg.data, "train"), range(6)), batch_size=2)
+    model = build_model(num_classes=8, backbone="resnet18")
+    optimizer = make_optimizer(cfg, model)
+    logged: list[int] = []
+    step = 0
+    for epoch in range(2):
+        step = train_one_epoch(model, loader, optimizer, cfg=cfg, epoch=epoch, start_step=step,
+                               total_steps=6, device=torch.device("cpu"),
+                               on_log=lambda at, means: logged.append(at))
+    assert logged == [2, 3, 4, 6]

@@ -84,9 +84,9 @@ class StoreMiner:
         loss = terms.loss
         if sample is not None and len(sample["labels"]):
             device = points.embeddings.device
-            keys = torch.from_numpy(sample["embeddings"]).to(device)
-            key_labels = torch.from_numpy(sample["labels"]).to(device)
-            key_images = torch.from_numpy(sample["image_ids"]).to(device)
+            # Copies: Ray hands out read-only views of its object store.
+            keys, key_labels, key_images = (torch.tensor(sample[key], device=device) for key in
+                                            ("embeddings", "labels", "image_ids"))
             triplets = mine_triplets_between(points.labels, points.image_ids, key_labels,
                                              key_images, pairing=cfg.pairing)
             store_triplets = triplets.shape[0]

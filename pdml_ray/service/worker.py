@@ -8,7 +8,7 @@ import tempfile
 import ray.train
 import ray.train.torch
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from pdml_ray.config import from_dict
 from pdml_ray.data import build_dataset, pad_collate
@@ -27,11 +27,16 @@ def _loaders(cfg, rank: int, world: int):
     train_set = build_dataset(cfg.data, "train")
     val_set = build_dataset(cfg.data, "val")
     local_batch = cfg.train.batch_size // world
-    train_loader = DataLoader(train_set, batch_size=local_batch, shuffle=True, drop_last=True,
+    # Our own DistributedSampler, not the one prepare_data_loader would add: Ray rebuilds
+    # the loader for it and drops persistent_workers, and its sampler's fixed seed would
+    # give every run the same data order whatever train.seed says.
+    sampler = (DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                  seed=cfg.train.seed, drop_last=True) if world > 1 else None)
+    train_loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None,
+                              sampler=sampler, drop_last=True,
                               num_workers=cfg.data.loader_workers,
                               persistent_workers=cfg.data.loader_workers > 0)
-    # prepare_data_loader adds the DistributedSampler and moves batches to the device.
-    train_loader = ray.train.torch.prepare_data_loader(train_loader)
+    train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
     # Validation is sharded by hand, without the sampler's padding, so that the
     # all-reduced confusion matrix counts every image exactly once.
     val_shard = Subset(val_set, list(range(rank, len(val_set), world)))
