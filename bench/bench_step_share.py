@@ -15,8 +15,8 @@ Timed (median over ``--reps`` after a warm-up):
 - step: forward + point CE + backward + optimizer step, i.e. ``engine.train_one_epoch``
   with supervision ``point``, timed per step by its own ``images_per_s``: the training
   step that PDML and the extension are added to;
-- extension: softmax + ``online_extension`` (score+region, 5x5, 0.7) +
-  ``extension_accuracy`` on the local batch's logits, what ``compute_loss`` runs under
+- extension: ``extend_from_logits`` (score+region, 5x5, 0.7: the softmax at the points'
+  squares only) + ``extension_accuracy`` on the local batch's logits, what ``compute_loss`` runs under
   ``no_grad``;
 - sampling: ``sample_point_embeddings`` forward + backward on the local feature map;
 - mining + loss: ``pdml_terms`` (Algorithm 1's triplets, Eqs. 3-5) forward + backward over
@@ -45,7 +45,7 @@ from bench_pdml import make_points
 from pdml_ray.config import Config, from_dict
 from pdml_ray.data import build_dataset
 from pdml_ray.engine import InBatchMiner, make_optimizer, train_one_epoch
-from pdml_ray.extension import extension_accuracy, online_extension
+from pdml_ray.extension import extend_from_logits, extension_accuracy
 from pdml_ray.losses import pdml_terms, sample_point_embeddings
 from pdml_ray.models import build_model
 
@@ -136,10 +136,9 @@ def component_seconds(setting: Setting, local: dict, global_points: tuple, embed
 
     def extension():
         with torch.no_grad():
-            probs = logits.float().softmax(dim=1)
             ext = cfg.extension
-            target = online_extension(probs, local["point_labels"], threshold=ext.threshold,
-                                      window=ext.window, method=ext.method)
+            target = extend_from_logits(logits, local["point_labels"], threshold=ext.threshold,
+                                        window=ext.window, method=ext.method)
             extension_accuracy(target, local["point_labels"], local["mask"])
 
     leaf_map = embed.detach().clone().requires_grad_(True)

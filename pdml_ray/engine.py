@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pdml_ray.config import Config, LossConfig
-from pdml_ray.extension import extension_accuracy, online_extension
+from pdml_ray.extension import extend_from_logits, extension_accuracy
 from pdml_ray.losses import PDMLTerms, pdml_terms, point_cross_entropy, sample_point_embeddings
 from pdml_ray.metrics import ConfusionMatrix
 from pdml_ray.models import parameter_groups
@@ -111,10 +111,10 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
         target = point_labels
         if cfg.uses_extension and epoch >= cfg.extension.start_epoch:
             with torch.no_grad():
-                probs = logits.detach().float().softmax(dim=1)
-                target = online_extension(probs, point_labels, threshold=cfg.extension.threshold,
-                                          window=cfg.extension.window,
-                                          method=cfg.extension.method)
+                target = extend_from_logits(logits.detach(), point_labels,
+                                            threshold=cfg.extension.threshold,
+                                            window=cfg.extension.window,
+                                            method=cfg.extension.method)
                 correct, total = extension_accuracy(target, point_labels, batch["mask"])
             logs["ext_pixels"] = float(total)
             logs["ext_correct"] = float(correct)

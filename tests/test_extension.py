@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pdml_ray.extension import extension_accuracy, online_extension
+from pdml_ray.extension import extend_from_logits, extension_accuracy, online_extension
 
 IGNORE = 255
 
@@ -57,6 +57,35 @@ def test_matches_the_equations(method, window):
         got = online_extension(probs, point_labels, threshold=0.7, window=window, method=method)
         assert got.dtype == torch.long
         assert torch.equal(got, reference(probs, point_labels, 0.7, window, method)), seed
+
+
+@pytest.mark.parametrize("method", ["score+region", "region", "score"])
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_extension_from_logits_equals_the_dense_extension(method, window):
+    """The sparse path (softmax at the points' squares only) against the equations."""
+    for seed in range(12):
+        g = torch.Generator().manual_seed(100 + seed)
+        logits = 3 * torch.randn(3, 5, 9, 12, generator=g)
+        point_labels = torch.full((3, 9, 12), IGNORE)
+        chosen = torch.randperm(3 * 9 * 12, generator=g)[: 4 * seed]  # up to 44 points
+        point_labels.view(-1)[chosen] = torch.randint(0, 5, (len(chosen),), generator=g)
+        want = reference(logits.softmax(dim=1), point_labels, 0.7, window, method)
+        got = extend_from_logits(logits, point_labels, threshold=0.7, window=window,
+                                 method=method)
+        assert torch.equal(got, want), seed
+        half = extend_from_logits(logits.half(), point_labels, threshold=0.7, window=window,
+                                  method=method)
+        assert torch.equal(half, online_extension(logits.half().float().softmax(dim=1),
+                                                  point_labels, threshold=0.7, window=window,
+                                                  method=method)), seed
+
+
+def test_extension_from_logits_checks_its_arguments():
+    logits = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="logits"):
+        extend_from_logits(logits, torch.full((1, 5, 4), IGNORE))
+    with pytest.raises(ValueError, match="point labels"):
+        extend_from_logits(logits, torch.full((1, 4, 4), 3))
 
 
 def test_score_and_region_by_hand():
