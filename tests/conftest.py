@@ -42,3 +42,12 @@ def ray_cluster():
 def mlflow_uri(tmp_path):
     """A fresh sqlite MLflow store for one test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def job_tmpdir():
+    """A short folder for the Ray a job subprocess starts (unix socket paths below it are
+    capped near 107 bytes, too short for pytest's tmp_path), removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="pj-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

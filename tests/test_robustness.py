@@ -22,7 +22,7 @@ from PIL import Image
 from jobs.cli import run_cli
 from pdml_ray.config import dump_config
 from pdml_ray.data import ensure_synthetic, generate_scenes
-from tests.service.test_faults import job_env, job_tmpdir, only_run, run_job  # noqa: F401
+from tests.helpers import job_env, only_run, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -216,8 +216,8 @@ def test_non_finite_loss_fails_the_job_with_one_line(tmp_path, train_scenes, mlf
                       ray={"max_failures": 0}, mlflow={"register": False})
     config = tmp_path / "diverge.yaml"
     config.write_text(dump_config(cfg))
-    result = run_job(["jobs.train", "--config", str(config), "--project-dir", str(tmp_path)],
-                     job_env(job_tmpdir), timeout_s=600)
+    result = run_job("jobs.train", "--config", str(config), "--project-dir", str(tmp_path),
+                     env=job_env(job_tmpdir), timeout_s=600)
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]

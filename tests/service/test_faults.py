@@ -13,12 +13,10 @@ deadlines, never on fixed sleeps: other Ray clusters may share the machine's two
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -33,12 +31,12 @@ from pdml_ray.config import dump_config
 from pdml_ray.service.checkpoint import load_training_state
 from pdml_ray.service.driver import run_training
 from pdml_ray.service.store import StoreClient, create_store, store_actor_name
-from pdml_ray.service.tracking import RUN_NAME_TAG, TrackingUnavailable, check_tracking_store
-from tests.service.test_training_e2e import tiny_config
+from pdml_ray.service.tracking import TrackingUnavailable, check_tracking_store
+from tests.helpers import (job_env, kill_session, only_run, run_job, start_job, tiny_config,
+                           wait_for)
 
 pytestmark = pytest.mark.ray
 
-REPO = Path(__file__).resolve().parents[2]
 # Ray Train writes this into <storage>/<run name>/ once a reported checkpoint is
 # registered: from then on a restart (of the workers or of the job) resumes from it.
 SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -46,109 +44,16 @@ STEPS_PER_EPOCH = 4  # tiny_config: 16 train images, global batch 4
 
 
 # -- helpers ------------------------------------------------------------------------
-def wait_for(condition, *, timeout_s: float, what: str, stop: threading.Event | None = None):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if stop is not None and stop.is_set():
-            raise AssertionError(f"stopped while waiting for {what}")
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def session_pids(session_id: int) -> list[int]:
-    """Live (non-zombie) processes of one session: a job started with start_new_session
-    and every Ray process it spawned (Ray's workers get their own process groups but
-    stay in the session)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) != session_id:
-                continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL a job and every process it started, and wait until all are gone. Only this
-    session is touched: `ray stop` would also stop other people's clusters."""
-    def kill_remaining():
-        for pid in session_pids(process.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if process.poll() is None:
-            return False
-        return not session_pids(process.pid)
-
-    wait_for(kill_remaining, timeout_s=60, what=f"the processes of session {process.pid} to end")
-
-
-@pytest.fixture
-def job_tmpdir():
-    """A short folder for the Ray a job subprocess starts (unix socket paths below it are
-    capped near 107 bytes, too short for pytest's tmp_path), removed afterwards."""
-    folder = tempfile.mkdtemp(prefix="pf-", dir="/tmp")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def job_env(job_tmpdir: str) -> dict[str, str]:
-    """The environment of a job run as a subprocess: Ray's files in ``job_tmpdir``, no
-    user cluster, no stray tracking URI."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PYTEST_CURRENT_TEST")}
-    env.update(RAY_TMPDIR=job_tmpdir, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0",
-               MLFLOW_DISABLE_TELEMETRY="true")
-    return env
-
-
-def start_job(args: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
-    with open(log_file, "w") as log:
-        return subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def run_job(args: list[str], env: dict[str, str], timeout_s: float = 900
-            ) -> subprocess.CompletedProcess:
-    """Run a job to its end as a user would; every process it started is gone afterwards."""
-    process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    finally:
-        kill_session(process)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
 def loss_history(uri: str, run_id: str) -> list[tuple[int, int]]:
     """``(step, timestamp_ms)`` of every logged ``loss`` point, in logging order."""
     points = MlflowClient(uri).get_metric_history(run_id, "loss")
     return sorted(((m.step, m.timestamp) for m in points), key=lambda p: (p[1], p[0]))
-
-
-def only_run(uri: str, experiment: str):
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    assert len(runs) == 1, [r.data.tags.get(RUN_NAME_TAG) for r in runs]  # resumed, no duplicate
-    return runs[0]
 
 
 def checkpointed(storage: Path, run_name: str) -> bool:
@@ -256,7 +161,7 @@ def test_stopped_job_resubmitted_under_its_name_resumes(tmp_path, data_root, mlf
         kill_session(first)
     run_id = only_run(mlflow_uri, cfg.mlflow.experiment).info.run_id
 
-    second = run_job(args, job_env(job_tmpdir))
+    second = run_job(*args, env=job_env(job_tmpdir))
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"MLflow run     {run_id}" in second.stdout  # the same run, continued
 
@@ -314,7 +219,7 @@ def test_unreachable_mlflow_fails_the_job_before_any_worker(tmp_path, data_root,
 
     env = {**job_env(job_tmpdir), "MLFLOW_TRACKING_URI": uri}
     tick = time.monotonic()
-    job = run_job(["jobs.train", "--project-dir", str(tmp_path)], env, timeout_s=300)
+    job = run_job("jobs.train", "--project-dir", str(tmp_path), env=env, timeout_s=300)
     assert job.returncode == 2, job.stderr[-3000:]
     errors = [line for line in job.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: MLflow tracking server {uri} is unreachable: <urlopen error "

@@ -14,8 +14,8 @@ from pdml_ray.config import dump_config
 from pdml_ray.service.driver import run_training
 from pdml_ray.service.registry import (EVALUATED_MODEL_TAG, load_scene_parser, log_evaluation,
                                        resolve_model_version)
-from tests.service.test_predict import run_job
-from tests.service.test_training_e2e import tiny_config
+from tests.helpers import run_job
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.ray
 

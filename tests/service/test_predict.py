@@ -8,10 +8,6 @@ PNGs, not the quality of the predictions.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +20,8 @@ from pdml_ray.models import build_model
 from pdml_ray.service.predict import collect_inputs, decode_image, output_stems
 from pdml_ray.service.registry import log_and_register
 from pdml_ray.service.tracking import start_run
+from tests.helpers import job_env, run_job
 
-REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = len(SYNTHETIC_PALETTE)
 
 
@@ -42,16 +38,6 @@ def registered(tmp_path_factory):
     run_id = start_run(cfg, ray_run_name="hand-made")
     log_and_register(cfg, run_id=run_id, state_dict=model.state_dict(), val_miou=0.5)
     return uri
-
-
-def run_job(*args: str, ray_tmpdir: str | None = None) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env.update(RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
-    if ray_tmpdir:
-        env["RAY_TMPDIR"] = ray_tmpdir
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
 
 
 def save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
@@ -136,12 +122,7 @@ def test_predict_here_on_mixed_images_reports_the_bad_one(registered, tmp_path):
         f"{stem}_{kind}.png" for stem in sizes for kind in ("classes", "overlay"))  # no temp files
 
 
-def ray_processes(marker: str) -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if marker in line and "ps -eo" not in line]
-
-
-def test_predict_a_folder_on_ray_tasks(registered, tmp_path):
+def test_predict_a_folder_on_ray_tasks(registered, tmp_path, job_tmpdir):
     photos = tmp_path / "many"
     photos.mkdir()
     sizes = {f"img{k:02d}": (20 + 3 * k, 41 - 2 * k) for k in range(10)}
@@ -149,14 +130,13 @@ def test_predict_a_folder_on_ray_tasks(registered, tmp_path):
         save(photos / f"{stem}.png", rgb(*size, seed=k))
     (photos / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
-    ray_tmpdir = tempfile.mkdtemp(prefix="pdp-", dir="/tmp")  # short: Ray's socket paths
     result = run_job("jobs.predict", "--input", str(photos), "--out", str(out),
                      "--local-below", "4", "--chunk-size", "3",
-                     "--set", f"mlflow.tracking_uri={registered}", ray_tmpdir=ray_tmpdir)
+                     "--set", f"mlflow.tracking_uri={registered}", env=job_env(job_tmpdir))
     assert result.returncode == 1, result.stderr
     assert f"error: {photos / 'zz_corrupt.png'}: " in result.stderr
     assert "10 of 11 images" in result.stdout
     assert "11/11" in result.stderr  # progress reached every image, chunk by chunk
     for stem, size in sizes.items():
         check_outputs(out, stem, size)
-    assert ray_processes(ray_tmpdir) == []  # the job's local Ray was shut down
+    assert result.left_running == []  # the job shut its local Ray down

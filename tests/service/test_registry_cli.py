@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from pdml_ray.service.registry import (VAL_MIOU_TAG, ModelNotFound, list_versions, move_alias,
                                        parse_model_uri, remove_alias, resolve_model_version)
-from tests.service.test_predict import run_job
+from tests.helpers import run_job
 
 NAME = "pdml-scene-parser"
 

@@ -7,7 +7,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
 from pdml_ray.service.sweep import run_sweep, search_space
-from tests.service.test_training_e2e import tiny_config
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.ray
 

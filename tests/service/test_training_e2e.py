@@ -15,34 +15,14 @@ from mlflow.tracking import MlflowClient
 
 from mlflow.artifacts import download_artifacts
 
-from pdml_ray.config import from_dict, load_config, resolve_paths
+from pdml_ray.config import load_config
 from pdml_ray.service.checkpoint import CHECKPOINT_FILE
 from pdml_ray.service.driver import run_training
 from pdml_ray.service.store import STORE_NAMESPACE, store_actor_name
 from pdml_ray.service.tracking import tracking_uri_scope
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.ray
-
-
-def tiny_config(tmp_path, data_root, mlflow_uri, **sections):
-    raw = {
-        "data": {"dataset": "synthetic", "root": str(data_root), "crop_size": 48,
-                 "scale_min": 0.8, "scale_max": 1.2, "synthetic_train": 16,
-                 "synthetic_val": 6, "synthetic_size": 48, "synthetic_seed": 3},
-        "model": {"backbone": "resnet18", "output_stride": 8, "head": "aspp"},
-        "loss": {"margin": 5.0, "pdml_weight": 0.1, "subgroup_size": 2, "mining": "global"},
-        "extension": {"start_epoch": 1},
-        "train": {"supervision": "point+pdml+ext", "epochs": 3, "batch_size": 4,
-                  "optimizer": "adamw", "lr": 2e-3, "head_lr_mult": 1.0, "weight_decay": 1e-4,
-                  "log_every_steps": 1, "seed": 0},
-        "ray": {"num_workers": 2, "storage_path": str(tmp_path / "ray_results"),
-                "max_failures": 0},
-        "mlflow": {"tracking_uri": mlflow_uri, "artifact_location": str(tmp_path / "artifacts"),
-                   "experiment": "e2e", "registered_model": "pdml-scene-parser"},
-    }
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return resolve_paths(from_dict(raw), tmp_path)
 
 
 @pytest.fixture(scope="module")
