@@ -88,10 +88,10 @@ def triplet_terms(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.
 
 
 # A squared distance read off the Gram matrix, |a|^2 + |b|^2 - 2 a.b, loses digits to
-# cancellation when it is small against |a|^2 + |b|^2 (float32 keeps ~1e-5 of that sum
-# at D = 2048). Pairs closer than this share of it are measured by their difference
-# instead, so collapsing embeddings (what the loss weight must be watched for) keep
-# exact distances and zero-subgradients; elsewhere the relative error stays near 1e-4.
+# cancellation when it is small against |a|^2 + |b|^2. Pairs closer than this share of
+# it are measured by their difference instead, so collapsing embeddings (what the loss
+# weight must be watched for) keep exact distances and zero subgradients. Above it, the
+# float32 relative error measured at D = 2048 stays below 1e-5 (tests/losses/test_pdml.py).
 GRAM_RELATIVE_FLOOR = 0.05
 
 

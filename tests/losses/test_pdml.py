@@ -10,6 +10,7 @@ import torch
 
 from pdml_ray.losses import (PDMLTerms, mine_triplets, pair_distances, pdml_terms,
                              pdml_triplet_loss, safe_distance, triplet_distances, triplet_terms)
+from pdml_ray.losses.pdml import GRAM_RELATIVE_FLOOR
 
 # Image 0: anchor A (class 0) at the origin. Image 1: P (class 0) at (3, 4), N (class 1) at
 # (0, 1). The only triplet is (A, P, N): dis(+) = 5, dis(-) = 1. Points of image 1 find no
@@ -143,21 +144,25 @@ def test_pair_distances_equal_row_differences_with_their_gradients():
         assert (got == 0).any()  # self-pairs were drawn: the exact path was taken too
 
 
-def test_pair_distances_in_float32_at_paper_width_stay_accurate_near_collapse():
-    # ReLU-like features sharing a large common part; some pairs nearly coincide.
+def test_pair_distances_in_float32_at_paper_width_are_accurate_near_and_far():
+    # ReLU-like features sharing a large common part, spread from near-collapse (0.001 of
+    # the common part) to far apart: both the Gram path and the exact path are taken.
     g = torch.Generator().manual_seed(0)
-    base = torch.rand(1, 2048, generator=g) * 4
-    embeddings = (base + torch.rand(64, 2048, generator=g)).double()
-    embeddings[32:] = embeddings[:32] + 1e-3 * torch.randn(32, 2048, generator=g, dtype=torch.float64)
+    spread = torch.logspace(-3, 1, 64, dtype=torch.float64)[:, None]
+    embeddings = (torch.rand(1, 2048, generator=g) * 4 + spread * torch.rand(64, 2048, generator=g)
+                  ).double()
+    embeddings[-1] = embeddings[0]  # and one exact coincidence
     first = torch.arange(64).repeat(64)
     second = torch.arange(64).repeat_interleave(64)
     exact = safe_distance(embeddings[first], embeddings[second])
+    share = exact ** 2 / (embeddings[first].square().sum(1) + embeddings[second].square().sum(1))
+    assert (share > 2 * GRAM_RELATIVE_FLOOR).any() and (share < GRAM_RELATIVE_FLOOR / 2).any()
     leaf = embeddings.float().requires_grad_(True)
     got = pair_distances(leaf, first, second)
     got.sum().backward()
     assert got.dtype == torch.float32 and torch.isfinite(leaf.grad).all()
     relative = (got.double() - exact).abs() / exact.clamp_min(1e-30)
-    assert relative[exact > 0].max() < 1e-3
+    assert relative[exact > 0].max() < 1e-4
     assert (got[exact == 0] == 0).all()
 
 
