@@ -113,6 +113,11 @@ class ExtensionConfig:
     threshold: float = 0.7  # paper: 0.7 (Table 5)
     window: int = 5  # the square around each point, in pixels (paper: 5x5)
     start_epoch: int = 1  # extension needs a classifier that is already roughly right
+    # How the point CE weighs the extended pixels. "pooled" (the paper): one mean over the
+    # points and the extended pixels, so classes the model is already sure of, which the
+    # extension adds most, gain weight over the rest. "separate": the mean over the points
+    # plus the mean over the extended pixels, so each class keeps its points' weight.
+    weighting: Literal["pooled", "separate"] = "pooled"
 
     def __post_init__(self) -> None:
         _check(0 < self.threshold < 1, "extension.threshold",

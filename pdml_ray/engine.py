@@ -24,7 +24,8 @@ from torch import nn
 
 from pdml_ray.config import Config, LossConfig
 from pdml_ray.extension import extend_from_logits, extension_accuracy
-from pdml_ray.losses import PDMLTerms, pdml_terms, point_cross_entropy, sample_point_embeddings
+from pdml_ray.losses import (PDMLTerms, pdml_terms, point_cross_entropy, sample_point_embeddings,
+                             split_cross_entropy)
 from pdml_ray.metrics import ConfusionMatrix
 from pdml_ray.models import parameter_groups
 
@@ -105,11 +106,12 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     logits, embed = output["out"], output["embed"]
     point_labels = batch["point_labels"]
     logs: dict[str, float] = {}
+    extending = cfg.uses_extension and epoch >= cfg.extension.start_epoch
     if cfg.train.supervision == "full":
         target = batch["mask"]
     else:
         target = point_labels
-        if cfg.uses_extension and epoch >= cfg.extension.start_epoch:
+        if extending:
             with torch.no_grad():
                 target = extend_from_logits(logits.detach(), point_labels,
                                             threshold=cfg.extension.threshold,
@@ -118,7 +120,10 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                 correct, total = extension_accuracy(target, point_labels, batch["mask"])
             logs["ext_pixels"] = float(total)
             logs["ext_correct"] = float(correct)
-    ce = point_cross_entropy(logits.float(), target)
+    if extending and cfg.extension.weighting == "separate":
+        ce = split_cross_entropy(logits.float(), target, point_labels)
+    else:
+        ce = point_cross_entropy(logits.float(), target)
     loss = ce
     logs["loss_ce"] = ce.item()
     if cfg.uses_pdml and miner is not None:

@@ -12,7 +12,8 @@ from pdml_ray.config import Config, from_dict
 from pdml_ray.data import build_dataset, ensure_synthetic
 from pdml_ray.engine import (InBatchMiner, compute_loss, evaluate, make_optimizer, poly_lr,
                              train_one_epoch)
-from pdml_ray.losses import point_cross_entropy
+from pdml_ray.extension import extend_from_logits
+from pdml_ray.losses import point_cross_entropy, split_cross_entropy
 from pdml_ray.models import build_model
 
 
@@ -143,3 +144,26 @@ def test_every_step_is_in_exactly_one_logged_mean(scenes):
                                total_steps=6, device=torch.device("cpu"),
                                on_log=lambda at, means: logged.append(at))
     assert logged == [2, 3, 4, 6]
+
+
+@pytest.mark.parametrize("weighting", ["pooled", "separate"])
+def test_extended_pixels_are_weighed_as_configured(weighting):
+    cfg = Config().replace(**{"train.supervision": "point+pdml+ext", "extension.start_epoch": 1,
+                              "extension.weighting": weighting})
+    g = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(2, 3, 12, 12, generator=g)
+    points = torch.full((2, 12, 12), 255)
+    points[0, 3, 3], points[1, 8, 5], points[1, 2, 9] = 0, 1, 2
+    # Make every point's square confidently its class, so the extension adds pixels.
+    for b, y, x in ((0, 3, 3), (1, 8, 5), (1, 2, 9)):
+        logits[b, int(points[b, y, x]), y - 1:y + 2, x - 1:x + 2] += 20
+    batch = {"point_labels": points, "mask": points.clone(), "image_index": torch.arange(2)}
+    output = {"out": logits, "embed": torch.zeros(2, 4, 3, 3)}
+    before, _ = compute_loss(output, batch, cfg=cfg, epoch=0, miner=None)
+    after, logs = compute_loss(output, batch, cfg=cfg, epoch=1, miner=None)
+    extended = extend_from_logits(logits, points)
+    assert (extended != 255).sum() > (points != 255).sum()  # the extension added pixels
+    assert before.item() == pytest.approx(point_cross_entropy(logits, points).item())
+    want = (split_cross_entropy(logits, extended, points) if weighting == "separate"
+            else point_cross_entropy(logits, extended))
+    assert after.item() == pytest.approx(want.item()) and logs["loss_ce"] == after.item()

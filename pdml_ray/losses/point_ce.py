@@ -27,3 +27,20 @@ def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     # With nothing labelled the sum is an exact 0 connected to the graph; clamping the
     # count keeps it 0 (not 0/0) without a host sync on the count.
     return total / num_labelled.clamp(min=1)
+
+
+def split_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, point_labels: torch.Tensor,
+                        ignore_index: int = 255) -> torch.Tensor:
+    """The mean over the points plus the mean over the other labelled pixels.
+
+    ``labels`` are the points extended online (``point_labels`` plus extended pixels).
+    Where :func:`point_cross_entropy` of ``labels`` pools all labels into one mean, this
+    keeps the points' term as it is without extension, whatever the extension adds, and
+    adds the extended pixels' mean as a second term (0 when there are none).
+    """
+    per_pixel = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
+    is_point = point_labels != ignore_index
+    is_extended = (labels != ignore_index) & ~is_point
+    points = (per_pixel * is_point).sum() / is_point.sum().clamp(min=1)
+    extended = (per_pixel * is_extended).sum() / is_extended.sum().clamp(min=1)
+    return points + extended

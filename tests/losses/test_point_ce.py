@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pdml_ray.losses import point_cross_entropy
+from pdml_ray.losses import point_cross_entropy, split_cross_entropy
 
 IGNORE = 255
 
@@ -48,3 +48,27 @@ def test_flat_points_and_custom_ignore_index():
     logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
     loss = point_cross_entropy(logits, torch.tensor([0, -1]), ignore_index=-1)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-2.0)))
+
+
+def test_split_cross_entropy_weighs_points_and_extended_pixels_apart():
+    # 2 points (CE a each) and 6 extended pixels (CE b each): pooled (2a + 6b) / 8,
+    # split a + b.
+    num_classes, s, t = 3, 2.0, 0.5
+    a = math.log(1 + (num_classes - 1) * math.exp(-s))
+    b = math.log(1 + (num_classes - 1) * math.exp(-t))
+    points = torch.full((1, 4, 4), IGNORE)
+    points[0, 0, 0], points[0, 3, 3] = 1, 2
+    labels = points.clone()
+    labels[0, 1, :3] = 1
+    labels[0, 2, 1:] = 2
+    logits = torch.zeros(1, num_classes, 4, 4)
+    logits[0, 1, 0, 0] = logits[0, 2, 3, 3] = s
+    logits[0, 1, 1, :3] = logits[0, 2, 2, 1:] = t
+    assert point_cross_entropy(logits, labels).item() == pytest.approx((2 * a + 6 * b) / 8)
+    assert split_cross_entropy(logits, labels, points).item() == pytest.approx(a + b)
+    # Without extended pixels it is the point CE; gradients reach the logits.
+    leaf = logits.clone().requires_grad_(True)
+    split = split_cross_entropy(leaf, points, points)
+    assert split.item() == pytest.approx(a)
+    split.backward()
+    assert leaf.grad[0, :, 0, 0].abs().sum() > 0 and leaf.grad[0, :, 1, 1].abs().sum() == 0
