@@ -117,7 +117,7 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
         rows = [Row(mode, {"train.supervision": mode}, PAPER_TABLE3[mode])
                 for mode in PAPER_TABLE3]
         # Not in the paper: the extension with its own CE term (extension.weighting).
-        return rows + [Row("point+pdml+ext, separate", {"train.supervision": "point+pdml+ext",
+        return rows + [Row("point+pdml+ext (separate)", {"train.supervision": "point+pdml+ext",
                                                         "extension.weighting": "separate"})]
     if args.table == "5":
         ext = {"train.supervision": "point+pdml+ext"}
@@ -322,19 +322,19 @@ def main() -> None:
         benchlib.write_json(name, {"args": vars(args), "config": cfg.to_dict(),
                                    "records": records}, quick=args.quick)
 
+    rows = [] if args.table == "4" else table_rows(args)
+    if args.rows:
+        chosen = [label.strip() for label in args.rows.split(",")]
+        unknown = set(chosen) - {row.label for row in rows}
+        if unknown:
+            raise SystemExit(f"error: --rows: no row {sorted(unknown)}; table "
+                             f"{args.table} has {[row.label for row in rows]}")
+        rows = [row for row in rows if row.label in chosen]
     start = time.perf_counter()
     with ray_session(cfg.ray.address):
         if args.table == "4":
             rows, records = run_table4(cfg, args, save)
         else:
-            rows = table_rows(args)
-            if args.rows:
-                chosen = [label.strip() for label in args.rows.split(",")]
-                unknown = set(chosen) - {row.label for row in rows}
-                if unknown:
-                    raise SystemExit(f"error: --rows: no row {sorted(unknown)}; table "
-                                     f"{args.table} has {[row.label for row in rows]}")
-                rows = [row for row in rows if row.label in chosen]
             records = run_rows(cfg, rows, args, save)
     wall = time.perf_counter() - start
     steps = cfg.train.epochs * (cfg.data.synthetic_train // cfg.train.batch_size)
