@@ -3,7 +3,9 @@ a test starts is shut down."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
 import shutil
 import tempfile
 
@@ -13,6 +15,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their own store
 os.environ.pop("RAY_ADDRESS", None)  # tests never attach to a user's cluster
+# Ray 2.60 turns token authentication on and, without a token, writes a new one to
+# ~/.ray/auth_token; a per-session token in the environment (inherited by every job a
+# test starts) keeps the home folder untouched. Matplotlib's font cache likewise.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+if "MPLCONFIGDIR" not in os.environ:
+    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="pdml-mpl-")
+    atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], True)
 
 
 @pytest.fixture(scope="session")
