@@ -22,7 +22,7 @@ from PIL import Image
 from jobs.cli import run_cli
 from pdml_ray.config import dump_config
 from pdml_ray.data import ensure_synthetic, generate_scenes
-from tests.helpers import job_env, only_run, run_job
+from tests.helpers import only_run, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -183,7 +183,6 @@ def train_scenes(tmp_path_factory) -> Path:
 def test_corrupt_jpeg_met_by_a_worker_is_one_clear_line(ray_cluster, tmp_path, mlflow_uri,
                                                         capsys):
     from pdml_ray.service.driver import run_training
-    from tests.service.test_training_e2e import tiny_config
 
     cfg = tiny_config(tmp_path, tmp_path / "synthetic", mlflow_uri, train={"epochs": 1},
                       ray={"run_name": "robust-jpeg"}, mlflow={"register": False})
@@ -208,19 +207,25 @@ def test_corrupt_jpeg_met_by_a_worker_is_one_clear_line(ray_cluster, tmp_path, m
 
 
 @pytest.mark.ray
-def test_non_finite_loss_fails_the_job_with_one_line(tmp_path, train_scenes, mlflow_uri,
-                                                      job_tmpdir):
-    from tests.service.test_training_e2e import tiny_config
+def test_non_finite_loss_fails_the_job_with_one_line(ray_cluster, tmp_path, train_scenes,
+                                                      mlflow_uri, capsys, monkeypatch):
+    """``jobs.train`` itself, in this process: it finds the session's Ray initialised and
+    trains there (a job under ``ray job submit`` finds its cluster the same way)."""
+    import jobs.train
 
     cfg = tiny_config(tmp_path, train_scenes, mlflow_uri, train={"epochs": 1, "lr": 1e30},
                       ray={"max_failures": 0}, mlflow={"register": False})
     config = tmp_path / "diverge.yaml"
     config.write_text(dump_config(cfg))
-    result = run_job("jobs.train", "--config", str(config), "--project-dir", str(tmp_path),
-                     env=job_env(job_tmpdir), timeout_s=600)
-    assert result.returncode == 2, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    monkeypatch.setattr(sys, "argv", ["python -m jobs.train", "--config", str(config),
+                                      "--project-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        run_cli(jobs.train.main)
+    assert exited.value.code == 2
+    # Ray forwards the workers' own log lines (their tracebacks among them) to stderr as
+    # well; what the job itself says is one line.
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
     assert re.fullmatch(r"error: non-finite loss (nan|inf|-inf) at step \d+ \(epoch 0\); "
                         r"terms: \{.*\}\. Lower train\.lr or loss\.pdml_weight\.", errors[0])
     assert only_run(mlflow_uri, cfg.mlflow.experiment).info.status == "FAILED"
