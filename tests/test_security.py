@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -50,7 +51,7 @@ def test_checkpoint_holding_pickled_code_is_refused_without_running_it(tmp_path)
     assert not marker.exists()
 
 
-def test_registered_model_is_a_state_dict_json_config_and_source(tmp_path, mlflow_uri):
+def test_registered_model_is_a_state_dict_and_json_config_only(tmp_path, mlflow_uri):
     from pdml_ray.data import SyntheticDataset
     from pdml_ray.models import build_model
     from pdml_ray.service.registry import log_and_register
@@ -70,21 +71,27 @@ def test_registered_model_is_a_state_dict_json_config_and_source(tmp_path, mlflo
         folder = Path(mlflow.artifacts.download_artifacts(registered.model_uri,
                                                           dst_path=str(tmp_path / "model")))
 
-    files = [path for path in folder.rglob("*") if path.is_file()]
-    assert not [path for path in files if path.suffix in (".pkl", ".pickle", ".cloudpickle")]
+    # Data only: the MLmodel file, environment files, the registry's name/version note,
+    # a state_dict and the JSON config.
+    # No pickle, no source file: nothing that came from the registry is executed.
+    files = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+    assert files == {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt",
+                     "registered_model_meta",
+                     "data/scene_parser/weights.pt", "data/scene_parser/config.json"}
     flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
-    # "Models from code": MLflow runs the logged source file to build the model; there is
-    # no python_model.pkl (cloudpickle) to unpickle.
-    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
-    assert "python_model" not in flavor
-    entry = folder / Path(flavor["model_code_path"]).name
-    assert entry.read_text().startswith("# The script MLflow runs")
-    artifacts = {name: folder / spec["path"] for name, spec in flavor["artifacts"].items()}
-    assert set(artifacts) == {"weights", "config"}
-    weights = torch.load(artifacts["weights"], weights_only=True)  # tensors only
+    # The loader is a module of the installed pdml_ray, found by name.
+    assert flavor["loader_module"] == "pdml_ray.service.pyfunc_model"
+    assert flavor["data"] == "data/scene_parser" and flavor.get("code") is None
+    weights = torch.load(folder / "data/scene_parser/weights.pt", weights_only=True)
     assert weights.keys() == model.state_dict().keys()
-    assert json.loads(artifacts["config"].read_text())["mlflow"]["registered_model"] == \
-        "security-check"
+    config = json.loads((folder / "data/scene_parser/config.json").read_text())
+    assert config["mlflow"]["registered_model"] == "security-check"
+
+    # And it loads and predicts through MLflow's own entry point.
+    with tracking_uri_scope(mlflow_uri):
+        loaded = mlflow.pyfunc.load_model(registered.model_uri)
+    image = np.zeros((1, 20, 27, 3), np.uint8)
+    assert loaded.predict(image).shape == (1, 20, 27)
 
 
 @pytest.mark.parametrize("uri", ["https://alice:" + SECRET + "@mlflow.example.com",

@@ -4,6 +4,7 @@ listing and moving aliases, loading it for prediction, and logging evaluations."
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import math
@@ -25,9 +26,9 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-import pdml_ray
 from pdml_ray.config import Config
 from pdml_ray.data import dataset_class
+from pdml_ray.service.pyfunc_model import CONFIG_FILE, DATA_FOLDER, WEIGHTS_FILE
 from pdml_ray.service.tracking import experiment_id, tracking_uri_scope
 
 if TYPE_CHECKING:
@@ -36,8 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VAL_MIOU_TAG = "val_miou"
-ENTRY_SCRIPT = Path(__file__).with_name("pyfunc_entry.py")
-PACKAGE_DIR = Path(pdml_ray.__file__).parent
+LOADER_MODULE = "pdml_ray.service.pyfunc_model"
 
 SIGNATURE = ModelSignature(
     # Unnamed specs: the pyfunc receives and returns plain arrays, not {name: array}.
@@ -76,19 +76,20 @@ def log_and_register(cfg: Config, *, run_id: str, state_dict: dict, val_miou: fl
     """Log the pyfunc into ``run_id``, register it, and move the champion alias if better."""
     dataset = dataset_class(cfg.data.dataset)
     with tempfile.TemporaryDirectory() as folder, tracking_uri_scope(cfg.mlflow.tracking_uri):
-        weights = Path(folder) / "weights.pt"
-        config = Path(folder) / "config.json"
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, weights)
-        config.write_text(json.dumps(cfg.to_dict(), indent=2))
+        data = Path(folder) / DATA_FOLDER
+        data.mkdir()
+        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, data / WEIGHTS_FILE)
+        (data / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
         metadata = {"classes": list(dataset.classes),
                     "palette": [list(color) for color in dataset.palette],
-                    "val_miou": val_miou, "per_class_iou": per_class_iou or []}
+                    "val_miou": val_miou, "per_class_iou": per_class_iou or [],
+                    "pdml_ray_version": importlib.metadata.version("pdml_ray")}
         with mlflow.start_run(run_id=run_id, nested=False):
+            # Data only, and the name of the loader module: loading runs the installed
+            # pdml_ray, not code shipped inside the registry (docs/robustness.md).
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(ENTRY_SCRIPT),
-                artifacts={"weights": str(weights), "config": str(config)},
-                code_paths=[str(PACKAGE_DIR)], pip_requirements=_requirements(),
-                signature=SIGNATURE, metadata=metadata)
+                name="model", loader_module=LOADER_MODULE, data_path=str(data),
+                pip_requirements=_requirements(), signature=SIGNATURE, metadata=metadata)
         version = mlflow.register_model(info.model_uri, cfg.mlflow.registered_model).version
     client = MlflowClient(cfg.mlflow.tracking_uri)
     name = cfg.mlflow.registered_model
@@ -283,14 +284,16 @@ def _download(uri: str, path: str, folder: str) -> Path:
 
 
 def _model_files(uri: str, folder: str, *names: str) -> tuple[Model, dict[str, Path]]:
-    """The model's MLmodel, and the pyfunc artifacts ``names`` downloaded into ``folder``."""
+    """The model's MLmodel, and the data files ``names`` ("weights", "config")
+    downloaded into ``folder``."""
     model = Model.load(_download(uri, MLMODEL_FILE_NAME, folder))
-    artifacts = model.flavors.get("python_function", {}).get("artifacts", {})
-    missing = [name for name in names if name not in artifacts]
-    if missing:
-        raise ModelNotFound(f"{uri}: not a pdml_ray scene parser (no {', '.join(missing)} "
-                            "artifact)")
-    return model, {name: _download(uri, artifacts[name]["path"], folder) for name in names}
+    flavor = model.flavors.get("python_function", {})
+    if flavor.get("loader_module") != LOADER_MODULE or "data" not in flavor:
+        raise ModelNotFound(f"{uri}: not a pdml_ray scene parser (its pyfunc loader is "
+                            f"{flavor.get('loader_module')!r}, not {LOADER_MODULE!r})")
+    files = {"weights": WEIGHTS_FILE, "config": CONFIG_FILE}
+    return model, {name: _download(uri, f"{flavor['data']}/{files[name]}", folder)
+                   for name in names}
 
 
 def _download_uri(client: MlflowClient, uri: str) -> tuple[str, ModelVersion | None]:
