@@ -19,20 +19,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tuning.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--fresh", action="store_true",
-                        help="start over even if a sweep of this name exists")
     args = parser.parse_args()
     cfg = config_from_args(args)
 
     from pdml_ray.service.runtime import configure_logging, ray_session
     from pdml_ray.service.sweep import run_sweep, table_markdown
-
     from pdml_ray.service.tracking import check_tracking_store
 
     configure_logging()
     check_tracking_store(cfg.mlflow.tracking_uri)  # fail in seconds, before Ray starts
     with ray_session(cfg.ray.address):
-        result = run_sweep(cfg, resume=not args.fresh)
+        result = run_sweep(cfg)
     print(f"\nsweep {result.name}: {len(result.table)} trials "
           f"(MLflow parent run {result.parent_run_id} in {cfg.mlflow.tracking_uri})\n")
     print(table_markdown(result.table))

@@ -26,12 +26,12 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from pdml_ray.config import Config, from_dict, resolve_paths
+from pdml_ray.config import Config, ConfigError, from_dict, load_config, resolve_paths
 from pdml_ray.service.driver import prepare_data, run_training, unique_run_name
 from pdml_ray.service.checkpoint import load_training_state
-from pdml_ray.service.registry import RegisteredModel, log_and_register
+from pdml_ray.service.registry import VAL_MIOU_TAG, RegisteredModel, log_and_register
 from pdml_ray.service.tracking import (RUN_NAME_TAG, check_tracking_store, end_run,
-                                       experiment_id, start_run)
+                                       experiment_id, find_run, start_run)
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,22 @@ def search_space(cfg: Config) -> dict:
     return space
 
 
-def concurrent_trials(cfg: Config) -> int:
-    """How many trials fit the cluster at once, given the workers each trial starts."""
+def concurrent_trials(cfg: Config, resources: dict[str, float] | None = None) -> int | None:
+    """How many trials run at once: ``sweep.max_concurrent_trials`` when set, else as
+    many as the cluster's CPUs (and GPUs) fit, given the workers each trial starts.
+
+    None (no limit) when the cluster cannot hold even one trial right now: an
+    autoscaling cluster starts with its head only, and Tune's pending trials are the
+    demand that makes the autoscaler add worker nodes.
+    """
     if cfg.sweep.max_concurrent_trials:
         return cfg.sweep.max_concurrent_trials
-    resources = ray.cluster_resources()
+    resources = ray.cluster_resources() if resources is None else resources
     per_trial_cpu = cfg.ray.num_workers * cfg.ray.cpus_per_worker + TRIAL_DRIVER_CPU
-    fits = math.floor(resources.get("CPU", 1) / per_trial_cpu) if per_trial_cpu else 1
+    fits = math.floor(resources.get("CPU", 0) / per_trial_cpu)
     if cfg.ray.use_gpu:
         fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.ray.num_workers))
-    return max(fits, 1)
+    return fits if fits >= 1 else None
 
 
 def expected_evaluations(cfg: Config) -> int:
@@ -108,11 +114,21 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
     check_tracking_store(cfg.mlflow.tracking_uri)
     prepare_data(cfg)  # once here, not raced by concurrent trials
     name = cfg.sweep.name or unique_run_name("sweep")
+    path = os.path.join(cfg.ray.storage_path, name)
+    restoring = tune.Tuner.can_restore(path)
+    if restoring:
+        if not resume:
+            raise ConfigError(f"sweep.name: a sweep named {name!r} already exists in {path}; "
+                              "resume it, or give a new sweep.name")
+        # Tune restores the trials' original search space and base config: a resumed
+        # sweep must be asked for with the settings it was started with.
+        previous_parent = find_run(cfg, name)
+        if previous_parent is not None:
+            check_same_sweep(cfg, previous_parent)
     parent_run_id = start_run(cfg, ray_run_name=name, tags={"pdml.sweep": name,
                                                             "pdml.role": "sweep"})
     trainable = tune.with_resources(_trial, {"cpu": TRIAL_DRIVER_CPU})
-    path = os.path.join(cfg.ray.storage_path, name)
-    if resume and tune.Tuner.can_restore(path):
+    if restoring:
         log.info("resuming sweep %s from %s (finished trials are kept)", name, path)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
@@ -141,6 +157,31 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
         raise
     end_run(cfg.mlflow.tracking_uri, parent_run_id)
     return SweepResult(name, parent_run_id, table, registered)
+
+
+# Where a sweep runs, not what it computes: a sweep may resume on another cluster.
+RESUME_MAY_CHANGE = {"ray.address"}
+
+
+def check_same_sweep(cfg: Config, parent_run_id: str) -> None:
+    """Raise ConfigError naming every setting that differs from the sweep's original
+    config (kept as ``config.yaml`` in its MLflow parent run)."""
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            original = load_config(client.download_artifacts(parent_run_id, "config.yaml", folder))
+        except Exception as exc:  # an older parent run without the file: nothing to compare
+            log.warning("cannot compare with the sweep's original config: %s", exc)
+            return
+    before, now = original.flat(), cfg.flat()
+    before.update({f"sweep.{k}": v for k, v in original.to_dict()["sweep"].items()})
+    now.update({f"sweep.{k}": v for k, v in cfg.to_dict()["sweep"].items()})
+    changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(now)
+               if before.get(key) != now.get(key) and key not in RESUME_MAY_CHANGE]
+    if changed:
+        raise ConfigError(f"sweep.name: sweep {cfg.sweep.name!r} was started with other settings "
+                          f"({'; '.join(changed)}); resume it with its original settings, or "
+                          "give a new sweep.name")
 
 
 def results_table(cfg: Config, sweep_name: str) -> list[dict]:
@@ -251,6 +292,16 @@ def register_best(cfg: Config, sweep_name: str, rows: list[dict]) -> RegisteredM
     if not rows or math.isnan(rows[0]["val_miou"]):
         return None
     best = rows[0]
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    existing = client.search_model_versions(f"name = '{cfg.mlflow.registered_model}' and "
+                                            f"run_id = '{best['run_id']}'")
+    if existing:  # a resumed sweep that had already registered its best trial
+        version = max(existing, key=lambda v: int(v.version))
+        log.info("best trial already registered as %s/%s", version.name, version.version)
+        aliases = client.get_registered_model(version.name).aliases
+        return RegisteredModel(version.name, str(version.version), version.source,
+                               float(version.tags.get(VAL_MIOU_TAG, "nan")),
+                               str(aliases.get(cfg.mlflow.champion_alias)) == str(version.version))
     result = ray.train.Result.from_path(os.path.join(cfg.ray.storage_path, best["ray_run_name"]))
     checkpoint = result.get_best_checkpoint(metric="val_miou", mode="max")
     with checkpoint.as_directory() as folder:

@@ -126,15 +126,24 @@ def _param_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
+def find_run(cfg: Config, ray_run_name: str) -> str | None:
+    """The MLflow run of an earlier Ray run (or sweep) of this name, if there is one."""
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id], max_results=1,
+                               filter_string=f"tags.`{RUN_NAME_TAG}` = '{ray_run_name}'")
+    return found[0].info.run_id if found else None
+
+
 def start_run(cfg: Config, *, ray_run_name: str, parent_run_id: str | None = None,
               tags: Mapping[str, str] | None = None) -> str:
     """The MLflow run for this Ray run: reused when the name was seen before (resume)."""
     client = MlflowClient(cfg.mlflow.tracking_uri)
     exp_id = experiment_id(client, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{ray_run_name}'",
-                               max_results=1)
-    if found:
-        run_id = found[0].info.run_id
+    run_id = find_run(cfg, ray_run_name)
+    if run_id is not None:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         log.info("resuming MLflow run %s for Ray run %s", run_id, ray_run_name)
         return run_id

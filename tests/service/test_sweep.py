@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
 import pytest
 from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
-from pdml_ray.service.sweep import run_sweep, search_space
-from tests.helpers import tiny_config
+from pdml_ray.config import ConfigError, dump_config
+
+from pdml_ray.service.sweep import concurrent_trials, run_sweep, search_space
+from tests.helpers import (job_env, kill_session, run_job, start_job, tiny_config,
+                           wait_for)
 
 pytestmark = pytest.mark.ray
 
@@ -65,12 +72,24 @@ def test_sweep_logs_trials_table_and_registers_best(ray_cluster, tmp_path, data_
     assert result.registered is not None and result.registered.val_miou == pytest.approx(
         best["val_miou"], abs=1e-6)
 
-    # Running the same sweep again restores it: finished trials are not rerun.
-    again = run_sweep(cfg)
-    assert again.parent_run_id == result.parent_run_id
-    assert len(children(mlflow_uri, result.parent_run_id)) == 2
-    for run in children(mlflow_uri, result.parent_run_id):
-        assert len(MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "loss")) == steps
+    csv_path = download_artifacts(run_id=result.parent_run_id, artifact_path="sweep/results.csv",
+                                  tracking_uri=mlflow_uri)
+    with open(csv_path) as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(float(row["margin"]) for row in rows) == [5.0, 20.0]
+    assert {row["status"] for row in rows} == {"completed"}
+
+
+def test_concurrent_trials_follow_the_cluster(tmp_path, mlflow_uri):
+    cpu = sweep_config(tmp_path, tmp_path, mlflow_uri).replace(**{
+        "ray.num_workers": 2, "ray.cpus_per_worker": 1.0, "train.batch_size": 4})
+    assert concurrent_trials(cpu, {"CPU": 8.0}) == 3  # 2.01 CPUs per trial
+    assert concurrent_trials(cpu, {"CPU": 1.0}) is None  # none fits yet: let Tune queue them
+    gpu = cpu.replace(**{"ray.use_gpu": True})
+    assert concurrent_trials(gpu, {"CPU": 64.0, "GPU": 4.0}) == 2
+    # An autoscaling cluster before its GPU nodes exist: no cap, pending trials scale it.
+    assert concurrent_trials(gpu, {"CPU": 8.0}) is None
+    assert concurrent_trials(gpu.replace(**{"sweep.max_concurrent_trials": 1}), {"CPU": 8.0}) == 1
 
 
 def test_asha_stops_a_trial_below_the_bar(ray_cluster, tmp_path, data_root, mlflow_uri):
@@ -95,3 +114,65 @@ def test_asha_stops_a_trial_below_the_bar(ray_cluster, tmp_path, data_root, mlfl
     assert rows[1]["status"] == "stopped early" and 1 <= len(second) < len(first)
     assert rows[1]["evaluations"] == len(second)
     assert client.get_run(rows[1]["run_id"]).info.status == "KILLED"
+
+
+# -- an interrupted sweep, resumed from the command line ----------------------------------
+def finished_trials(sweep_folder: Path) -> int:
+    """Trials Tune has recorded as TERMINATED in its experiment state (what a restore
+    keeps); 0 while no state file is readable."""
+    done = 0
+    for state_file in sweep_folder.glob("experiment_state-*.json"):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):  # being rewritten
+            continue
+        done = max(done, sum(json.loads(trial)["status"] == "TERMINATED"
+                             for trial, _ in state["trial_data"]))
+    return done
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path,
+                                                                     data_root, job_tmpdir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = sweep_config(tmp_path, data_root, uri, margins=[5.0, 20.0], scheduler="none",
+                       max_concurrent_trials=1, name="interrupted")
+    cfg = cfg.replace(**{"train.epochs": 2})
+    config_file = tmp_path / "sweep.yaml"
+    config_file.write_text(dump_config(cfg))
+    args = ["tuning.sweep", "--config", str(config_file), "--project-dir", str(tmp_path)]
+    steps = cfg.data.synthetic_train // cfg.train.batch_size * cfg.train.epochs
+
+    first = start_job(args, job_env(job_tmpdir), tmp_path / "first.log")
+    try:
+        wait_for(lambda: finished_trials(Path(cfg.ray.storage_path) / "interrupted")
+                 or first.poll() is not None, timeout_s=900, what="the first finished trial")
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        kill_session(first)  # the sweep's driver and its local Ray, mid-way
+
+    second = run_job(*args, env=job_env(job_tmpdir))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming sweep interrupted" in second.stderr
+    # The results table, printed: both trials completed.
+    table = [line for line in second.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| alpha | beta | m |") and len(table) == 3
+    assert all("| completed |" in line for line in table[1:])
+
+    client = MlflowClient(uri)
+    parents = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment)
+                                  .experiment_id], filter_string="tags.`pdml.role` = 'sweep'")
+    assert len(parents) == 1  # the resumed sweep continued its parent run
+    trials = children(uri, parents[0].info.run_id)
+    assert len(trials) == 2
+    histories = sorted(([m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+                        for run in trials), key=len)
+    # The trial that had finished was not trained again: each step logged once. The one
+    # that was cut off resumed from its checkpoint: every step there, a few maybe twice.
+    assert histories[0] == list(range(1, steps + 1))
+    assert set(histories[1]) == set(range(1, steps + 1))
+    assert len(client.search_model_versions("name = 'pdml-scene-parser'")) == 1
+
+    # Resuming it with other settings is refused, naming them.
+    with pytest.raises(ConfigError, match=r"sweep 'interrupted' was started with other "
+                                          r"settings \(train\.epochs: 2 -> 3\)"):
+        run_sweep(cfg.replace(**{"train.epochs": 3}))
