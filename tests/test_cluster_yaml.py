@@ -55,6 +55,17 @@ def test_project_install_and_torch_for_v100(config):
     assert "sm_70" in "\n".join(config["worker_setup_commands"])
 
 
+def test_every_node_boots_ubuntu_22_04_not_rays_default_ami(config):
+    # Ray replaces "latest_dlami" (or no ImageId) by its own per-region default: an
+    # Ubuntu 18.04 image whose glibc is older than the torch wheels need.
+    images = {spec["node_config"].get("ImageId", "")
+              for spec in config["available_node_types"].values()}
+    assert images == {"resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
+                      "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"}
+    node_check = "\n".join(config["worker_setup_commands"])
+    assert "torch.cuda.is_available()" in node_check  # a driver that cannot see the V100
+
+
 def test_dashboard_and_job_server_are_not_public(config):
     rules = config["provider"].get("security_group", {}).get("IpPermissions", [])
     for rule in rules:
