@@ -1,5 +1,6 @@
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,25 @@ def test_relative_sqlite_uri_is_anchored(tmp_path, monkeypatch):
     cfg = resolve_paths(from_dict({"mlflow": {"tracking_uri": "sqlite:///runs/m.db"}}), tmp_path)
     assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'runs/m.db'}"
     assert os.path.isabs(cfg.mlflow.artifact_location)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["ade20k.yaml", "pascal_context.yaml"])
+def test_shipped_paper_configs_load_with_the_papers_settings(name):
+    cfg = load_config(CONFIGS / name)
+    assert (cfg.model.backbone, cfg.model.output_stride, cfg.model.head) == ("resnet101", 8, "aspp")
+    assert (cfg.loss.margin, cfg.loss.alpha, cfg.loss.beta) == (20.0, 0.8, 1.0)
+    assert (cfg.extension.method, cfg.extension.threshold, cfg.extension.window) == \
+        ("score+region", 0.7, 5)
+    assert (cfg.train.batch_size, cfg.data.crop_size, cfg.train.lr, cfg.train.poly_power) == \
+        (16, 321, 2.5e-4, 0.8)
+    assert cfg.train.supervision == "point+pdml+ext" and cfg.ray.use_gpu
+
+
+def test_shipped_sweep_demo_config_loads_and_fits_two_cores():
+    cfg = load_config(CONFIGS / "sweep-demo.yaml")
+    assert cfg.sweep.search == "grid" and len(cfg.sweep.margins) * len(cfg.sweep.thresholds) == 4
+    from pdml_ray.service.sweep import concurrent_trials  # the sweep's own sizing rule
+    assert concurrent_trials(cfg, {"CPU": 2.0}) == 2  # two trials at once on 2 cores

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pdml_ray.data import (DataError, SyntheticDataset, build_dataset, dataset_c
                            write_points)
 from pdml_ray.data import factory
 from pdml_ray.data.io import atomic_directory
-from pdml_ray.data.synthetic import STUFF_CLASSES, THING_CLASSES, write_scenes
+from pdml_ray.data.synthetic import STUFF_CLASSES, THING_CLASSES
 
 IGNORE = 255
 REPO = Path(__file__).resolve().parents[2]
@@ -238,11 +237,3 @@ def _one_point_table(root: Path, tmp_path: Path) -> Path:
     ys, xs = np.nonzero(label > 0)
     write_points(tmp_path / "one.parquet", {stem: [[ys[0], xs[0], label[ys[0], xs[0]] - 1]]})
     return tmp_path / "one.parquet"
-
-
-def test_write_scenes_timing_is_light(tmp_path):
-    """200 scenes at 96x96 take about 2 s; 20 take a fraction of a second (loose bound:
-    the machine is shared)."""
-    start = time.perf_counter()
-    write_scenes(tmp_path, train=20, val=1, size=96, seed=0)
-    assert time.perf_counter() - start < 5.0
