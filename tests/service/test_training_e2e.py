@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.artifacts import download_artifacts
 
 from pdml_ray.config import load_config
+from pdml_ray.data.synthetic import SYNTHETIC_CLASSES
 from pdml_ray.service.checkpoint import CHECKPOINT_FILE
 from pdml_ray.service.driver import run_training
 from pdml_ray.service.store import STORE_NAMESPACE, store_actor_name
@@ -53,6 +54,16 @@ def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlf
     assert len(losses) == 12  # 3 epochs x 4 steps, logged every step
     assert np.mean(losses[-3:]) < np.mean(losses[:3])  # the loss falls
     assert 0.0 <= first.best_val_miou <= 1.0
+    # One per-class IoU table per epoch; its classes average to that epoch's val mIoU.
+    tables = MlflowClient(mlflow_uri).list_artifacts(first.mlflow_run_id, "per_class_iou")
+    assert [t.path for t in tables] == [f"per_class_iou/epoch_00{e}.md" for e in (1, 2, 3)]
+    table = Path(download_artifacts(run_id=first.mlflow_run_id, tracking_uri=mlflow_uri,
+                                    artifact_path="per_class_iou/epoch_003.md")).read_text()
+    rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    ious = [float(iou) for _, iou in rows]
+    assert [name.strip() for name, _ in rows] == list(SYNTHETIC_CLASSES)
+    val_miou = max(metric_history(mlflow_uri, first.mlflow_run_id, "val_miou"))[1]  # last epoch
+    assert abs(np.nanmean(ious) - val_miou) < 1e-3  # rounded to 4 decimals in the table
 
     # The registered model loads by alias and predicts at a size never seen in training.
     assert first.registered is not None and first.registered.is_champion
