@@ -5,7 +5,9 @@ noisy borders, and 4-7 "thing" instances (ball, crate, cone, kite) painted over 
 occlusion. Classes are told apart by texture and shape, not by colour: every region and
 instance draws its colours from a wide hue range around a class centre, and the ranges of
 different classes overlap. Things are 15-32% of the image side across, with a texture tied
-to their class, so a small network can learn them (see METHOD-NOTES.md).
+to their class, so a small network can learn them: things of 7-14 px told apart by
+shape alone reach only 0.07-0.28 IoU even with full masks, and a benchmark of them
+cannot show what point supervision loses.
 
 Scenes are written in the ADE20K layout, plus instance maps and a ``classes.json``::
 
