@@ -88,14 +88,15 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
     return f"{sweep_name}-{trial_id}"
 
 
-def _trial(params: dict) -> None:
-    """One trial: the base config plus this trial's values, trained by the shared driver."""
-    params = dict(params)
-    base = from_dict(params.pop("_base"))
-    sweep_name, parent = params.pop("_sweep_name"), params.pop("_parent_run_id")
+def _trial(params: dict, *, base: dict, sweep_name: str, parent: str) -> None:
+    """One trial: the base config plus this trial's values, trained by the shared driver.
+
+    The base config reaches the trial through ``tune.with_parameters``, not the search
+    space, so that Tune's progress lines show the swept values only.
+    """
     trial_id = tune.get_context().get_trial_id()
-    cfg = base.replace(**params, **{"ray.run_name": trial_run_name(sweep_name, trial_id),
-                                    "mlflow.register": False})
+    cfg = from_dict(base).replace(**params, **{"ray.run_name": trial_run_name(sweep_name, trial_id),
+                                               "mlflow.register": False})
     run_training(cfg, callbacks=[TuneReportCallback()], parent_run_id=parent,
                  tags={"pdml.sweep": sweep_name, "pdml.trial_id": trial_id})
 
@@ -127,7 +128,11 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
             check_same_sweep(cfg, previous_parent)
     parent_run_id = start_run(cfg, ray_run_name=name, tags={"pdml.sweep": name,
                                                             "pdml.role": "sweep"})
-    trainable = tune.with_resources(_trial, {"cpu": TRIAL_DRIVER_CPU})
+    # On a resume, the base config is today's: check_same_sweep made sure it is the one
+    # the sweep started with (up to where Ray runs).
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=cfg.to_dict(), sweep_name=name, parent=parent_run_id),
+        {"cpu": TRIAL_DRIVER_CPU})
     if restoring:
         log.info("resuming sweep %s from %s (finished trials are kept)", name, path)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
@@ -139,9 +144,8 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
                                    reduction_factor=cfg.sweep.reduction_factor,
                                    max_t=expected_evaluations(cfg), stop_last_trials=False)
                      if cfg.sweep.scheduler == "asha" else FIFOScheduler())
-        fixed = {"_base": cfg.to_dict(), "_sweep_name": name, "_parent_run_id": parent_run_id}
         tuner = tune.Tuner(
-            trainable, param_space={**search_space(cfg), **fixed},
+            trainable, param_space=search_space(cfg),
             tune_config=tune.TuneConfig(metric="val_miou", mode="max", scheduler=scheduler,
                                         num_samples=cfg.sweep.num_samples,
                                         max_concurrent_trials=concurrent_trials(cfg)),
