@@ -121,8 +121,8 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
         if not resume:
             raise ConfigError(f"sweep.name: a sweep named {name!r} already exists in {path}; "
                               "resume it, or give a new sweep.name")
-        # Tune restores the trials' original search space and base config: a resumed
-        # sweep must be asked for with the settings it was started with.
+        # Tune restores the trials' search space, and the trials get today's base config:
+        # a resumed sweep must be asked for with the settings it was started with.
         previous_parent = find_run(cfg, name)
         if previous_parent is not None:
             check_same_sweep(cfg, previous_parent)
@@ -177,15 +177,19 @@ def check_same_sweep(cfg: Config, parent_run_id: str) -> None:
         except Exception as exc:  # an older parent run without the file: nothing to compare
             log.warning("cannot compare with the sweep's original config: %s", exc)
             return
-    before, now = original.flat(), cfg.flat()
-    before.update({f"sweep.{k}": v for k, v in original.to_dict()["sweep"].items()})
-    now.update({f"sweep.{k}": v for k, v in cfg.to_dict()["sweep"].items()})
+    before, now = _every_setting(original), _every_setting(cfg)
     changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(now)
                if before.get(key) != now.get(key) and key not in RESUME_MAY_CHANGE]
     if changed:
         raise ConfigError(f"sweep.name: sweep {cfg.sweep.name!r} was started with other settings "
                           f"({'; '.join(changed)}); resume it with its original settings, or "
                           "give a new sweep.name")
+
+
+def _every_setting(cfg: Config) -> dict:
+    """``{"section.key": value}`` over every section, the sweep's included."""
+    return {f"{section}.{key}": value for section, values in cfg.to_dict().items()
+            for key, value in values.items()}
 
 
 def results_table(cfg: Config, sweep_name: str) -> list[dict]:
