@@ -15,8 +15,10 @@ the poly schedule, global batch 8 on 2 workers (local batch 4), ``--epochs`` epo
 (default 6: 150 steps), PDML weight 0.1, margin 20, alpha 0.8. Each run is evaluated
 once, after its last epoch (no checkpoint selection on the validation split). A seed
 changes the initialisation, data order and augmentation, never the scenes. Sized so that
-each table, 3 seeds, finishes within 45 minutes on 2 CPU cores: a 150-step run took about
-135 s there (0.7 s per step, 30 s of start-up and evaluation), a Tune trial about 10 s more.
+each table, 3 seeds, fits within 45 minutes on 2 CPU cores: a 150-step run took 189 s
+there on 2026-12-02, a Tune trial 206 s. The defaults of Tables 3 and 4 add one row each
+beyond that (separate weighting; m = 24) and take 47 and 52 minutes; docs/benchmarks.md
+has the commands for both sizes.
 
 - ``--table 3``: supervision full, point, point+pdml, point+pdml+ext (the extension from
   epoch ``--ext-start``, default half the epochs, as the paper extends from PDML weights),
