@@ -262,11 +262,11 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
-    def flat(self) -> dict[str, Any]:
-        """``{"train.lr": 0.002, ...}``: the form logged as MLflow params (no sweep section:
-        a trial's own values are in the other sections)."""
+    def flat(self, *, include_sweep: bool = False) -> dict[str, Any]:
+        """``{"train.lr": 0.002, ...}``: the form logged as MLflow params, which leave the
+        sweep section out (a trial's own values are in the other sections)."""
         return {f"{section}.{key}": value for section, values in self.to_dict().items()
-                if section != "sweep" for key, value in values.items()}
+                if include_sweep or section != "sweep" for key, value in values.items()}
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied: ``cfg.replace(**{"train.lr": 0.1})``."""

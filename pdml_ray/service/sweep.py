@@ -121,15 +121,13 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
         if not resume:
             raise ConfigError(f"sweep.name: a sweep named {name!r} already exists in {path}; "
                               "resume it, or give a new sweep.name")
-        # Tune restores the trials' search space, and the trials get today's base config:
-        # a resumed sweep must be asked for with the settings it was started with.
+        # Tune restores the trials' search space, but the trials get today's base config
+        # (below): a resumed sweep must be asked for with the settings it started with.
         previous_parent = find_run(cfg, name)
         if previous_parent is not None:
             check_same_sweep(cfg, previous_parent)
     parent_run_id = start_run(cfg, ray_run_name=name, tags={"pdml.sweep": name,
                                                             "pdml.role": "sweep"})
-    # On a resume, the base config is today's: check_same_sweep made sure it is the one
-    # the sweep started with (up to where Ray runs).
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg.to_dict(), sweep_name=name, parent=parent_run_id),
         {"cpu": TRIAL_DRIVER_CPU})
@@ -177,19 +175,13 @@ def check_same_sweep(cfg: Config, parent_run_id: str) -> None:
         except Exception as exc:  # an older parent run without the file: nothing to compare
             log.warning("cannot compare with the sweep's original config: %s", exc)
             return
-    before, now = _every_setting(original), _every_setting(cfg)
+    before, now = original.flat(include_sweep=True), cfg.flat(include_sweep=True)
     changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(now)
                if before.get(key) != now.get(key) and key not in RESUME_MAY_CHANGE]
     if changed:
         raise ConfigError(f"sweep.name: sweep {cfg.sweep.name!r} was started with other settings "
                           f"({'; '.join(changed)}); resume it with its original settings, or "
                           "give a new sweep.name")
-
-
-def _every_setting(cfg: Config) -> dict:
-    """``{"section.key": value}`` over every section, the sweep's included."""
-    return {f"{section}.{key}": value for section, values in cfg.to_dict().items()
-            for key, value in values.items()}
 
 
 def results_table(cfg: Config, sweep_name: str) -> list[dict]:
