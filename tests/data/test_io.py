@@ -93,3 +93,93 @@ def test_data_error_names_the_source_and_survives_pickling():
     assert str(error) == "a/b.png: label PNG has mode RGB" and isinstance(error, ValueError)
     again = pickle.loads(pickle.dumps(error))
     assert str(again) == str(error) and again.source == "a/b.png"
+
+
+# -- files that are not what their name says ------------------------------------------------
+def test_jpeg_data_named_png_is_refused_as_a_label_map(tmp_path):
+    """JPEG compression moves class ids (31% of the pixels of a real case): never read one."""
+    path = tmp_path / "x.png"
+    Image.fromarray(np.kron(np.arange(16, dtype=np.uint8).reshape(4, 4),
+                            np.ones((8, 8), np.uint8))).save(path, format="JPEG")
+    with Image.open(path) as stored:
+        assert stored.format == "JPEG" and stored.mode == "L"
+    with pytest.raises(DataError) as info:
+        read_label(path)
+    assert str(info.value) == (f"{path}: label map is JPEG data, not PNG (lossy compression has "
+                               "changed its class ids); save label maps as PNG")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The first bytes of an 8-bit grey PNG of ``width`` x ``height``: enough for a
+    header, no pixel data (as a decompression bomb is tiny until decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    first_row = zlib.compress(bytes(1 + width))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", first_row)
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height", [(10000, 10000), (20000, 20000)])
+def test_images_beyond_the_pixel_cap_are_refused_from_the_header(tmp_path, width, height):
+    from pdml_ray.data import io as data_io
+
+    assert data_io.MAX_IMAGE_PIXELS == 64_000_000
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(width, height))
+    for read in (read_image, read_label, image_size):
+        with pytest.raises(DataError) as info:
+            read(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and "pdml_ray.data.io.MAX_IMAGE_PIXELS" in message
+    if width == 10000:  # below Pillow's own bomb limit: the size is ours to report
+        assert message == (f"{path}: image is 10000x10000 (HxW), 100.0 megapixels: more than "
+                           "the 64 megapixels allowed (pdml_ray.data.io.MAX_IMAGE_PIXELS); "
+                           "downscale it")
+    path.write_bytes(png_header(8000, 8000))  # 64 megapixels exactly: allowed, header only
+    assert image_size(path) == (8000, 8000)
+
+
+def test_symlink_loop_broken_symlink_and_folder_are_told_apart(tmp_path):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError) as info:
+        read_label(loop)
+    assert str(info.value) == f"{loop}: label map is a symlink loop (the link leads back to itself)"
+    broken = tmp_path / "broken.jpg"
+    broken.symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(DataError) as info:
+        read_image(broken)
+    assert str(info.value) == f"{broken}: image is a broken symlink (to {tmp_path / 'gone.jpg'})"
+    (tmp_path / "folder.jpg").mkdir()
+    with pytest.raises(DataError) as info:
+        image_size(tmp_path / "folder.jpg")
+    assert str(info.value) == f"{tmp_path / 'folder.jpg'}: image is a folder, not a file"
+
+
+# -- output folders, checked before a job's long work -----------------------------------------
+def test_output_folder_that_is_a_file_lies_under_a_file_or_cannot_be_written(tmp_path):
+    from pdml_ray.data.io import check_output_folder
+
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("x")
+    with pytest.raises(DataError) as info:
+        check_output_folder(a_file, "--out")
+    assert str(info.value) == f"{a_file}: is a file; --out must be a folder"
+    under = a_file / "sub" / "out"
+    with pytest.raises(DataError) as info:
+        check_output_folder(under, "--out")
+    assert str(info.value) == f"{under}: cannot create --out there: {a_file} is a file"
+    # sysfs refuses new files, to root as well: a place no job can write to.
+    with pytest.raises(DataError) as info:
+        check_output_folder("/sys/kernel/pdml_out", "--out")
+    assert str(info.value) == ("/sys/kernel/pdml_out: cannot write --out there (in /sys/kernel): "
+                               "Permission denied")
+    fine = tmp_path / "new" / "out"
+    assert check_output_folder(fine) == fine
+    assert os.listdir(tmp_path) == ["taken.txt"]  # nothing created, no probe file left
