@@ -18,16 +18,18 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy import ndimage
 
 from .errors import DataError
-from .io import atomic_file
+from .io import atomic_file, file_problem
 
 COLUMNS = ("image_id", "y", "x", "class_id")
 METADATA_KEY = b"pdml_ray"
 STRATEGIES = ("random", "center")
 _EMPTY = np.zeros((0, 3), dtype=np.int64)
+_INT64 = np.iinfo(np.int64)
 
 
 # -- generation ----------------------------------------------------------------------
@@ -129,17 +131,37 @@ class PointTable:
         metadata: JSON-serialisable settings stored with the file (``dataset``,
             ``split``, ``classes``, ``generation``, ...).
         source: the file it was read from, named in error messages.
+
+    A pixel holds one point: exact repeats of a row are dropped (``duplicates_dropped``
+    counts them) and one pixel given two classes is refused with a DataError.
     """
 
     def __init__(self, points: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None,
                  source: str | os.PathLike | None = None) -> None:
         self.source = str(source) if source is not None else "<points>"
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.duplicates_dropped = 0
         self._points: dict[str, np.ndarray] = {}
         for image_id in sorted(points):
             rows = np.asarray(points[image_id], dtype=np.int64).reshape(-1, 3)
             if len(rows):
-                self._points[str(image_id)] = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+                rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+                self._points[str(image_id)] = self._one_point_per_pixel(str(image_id), rows)
+
+    def _one_point_per_pixel(self, image_id: str, rows: np.ndarray) -> np.ndarray:
+        """``rows`` sorted by (y, x, class) without exact repeats; DataError if one pixel
+        carries two classes."""
+        repeated = (rows[1:] == rows[:-1]).all(axis=1)
+        if repeated.any():
+            self.duplicates_dropped += int(repeated.sum())
+            rows = rows[np.concatenate([[True], ~repeated])]
+        same_pixel = (rows[1:, :2] == rows[:-1, :2]).all(axis=1)
+        if same_pixel.any():
+            first = int(np.argmax(same_pixel))
+            y, x, cls = (int(v) for v in rows[first])
+            raise DataError(self.source, f"image {image_id}: pixel (y={y}, x={x}) is labelled "
+                                         f"with two classes, {cls} and {int(rows[first + 1, 2])}")
+        return rows
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, int, int, int]],
@@ -196,8 +218,10 @@ class PointTable:
     def with_metadata(self, metadata: Mapping[str, Any],
                       source: str | os.PathLike | None = None) -> PointTable:
         """The same points with ``metadata`` merged over the current metadata."""
-        return PointTable(self._points, {**self.metadata, **metadata},
-                          self.source if source is None else source)
+        table = PointTable(self._points, {**self.metadata, **metadata},
+                           self.source if source is None else source)
+        table.duplicates_dropped = self.duplicates_dropped
+        return table
 
     def to_arrow(self) -> pa.Table:
         """The Parquet form: columns ``image_id, y, x, class_id`` and the JSON metadata."""
@@ -263,18 +287,23 @@ def write_points(path: str | os.PathLike,
 def read_points(path: str | os.PathLike) -> PointTable:
     """Read and validate a points file: Parquet, or an imported ``.csv`` / ``.json``.
 
-    CSV: a header ``image_id,y,x,class_id`` and one row per point. JSON: ``{image_id:
-    [{"y": .., "x": .., "cls": ..}, ...]}``, the shape of Bearman et al.'s released
-    clicks (``class_id`` is accepted in place of ``cls``; other keys are ignored). Class
-    ids are taken as they are, in the dataset's 0-based class space.
+    CSV: a header ``image_id,y,x,class_id`` and one row per point (UTF-8, a byte-order
+    mark and spaces after the commas allowed). JSON: ``{image_id: [{"y": .., "x": ..,
+    "cls": ..}, ...]}``, the shape of Bearman et al.'s released clicks (``class_id`` is
+    accepted in place of ``cls``; other keys are ignored). Class ids are taken as they
+    are, in the dataset's 0-based class space. Exact repeats of a point are dropped.
 
     Raises DataError naming the file on: a missing or unreadable file, missing columns,
-    non-integer coordinates or classes, nulls, negative coordinates, class ids outside
-    the class names stored in the metadata, or no points at all.
+    CSV rows with more or fewer fields than the header, a JSON image id given twice or a
+    point with both ``cls`` and ``class_id``, empty image ids, non-integer coordinates or
+    classes, integers beyond 64 bits, nulls, negative coordinates, one pixel with two
+    classes, metadata that is not a JSON object (with a list of class names), class ids
+    outside those class names, or no points at all.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "points file not found")
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(path, f"points file {problem}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         table = _read_csv(path)
@@ -308,17 +337,39 @@ def _read_parquet(path: Path) -> PointTable:
                                   f"expected an integer type")
         if arrow.column(name).null_count:
             raise DataError(path, f"column {name} holds {arrow.column(name).null_count} null(s)")
-    metadata: dict[str, Any] = {}
-    raw = (arrow.schema.metadata or {}).get(METADATA_KEY)
-    if raw is not None:
-        try:
-            metadata = json.loads(raw)
-        except ValueError as exc:
-            raise DataError(path, f"metadata under '{METADATA_KEY.decode()}' is not JSON: "
-                                  f"{exc}") from None
+        if pa.types.is_uint64(arrow.schema.field(name).type) and len(arrow):
+            largest = pc.max(arrow.column(name)).as_py()
+            if largest > _INT64.max:  # would wrap to a negative int64
+                raise DataError(path, f"column {name} holds {largest}, which does not fit in "
+                                      f"a 64-bit signed integer")
+    metadata = _parquet_metadata(path, (arrow.schema.metadata or {}).get(METADATA_KEY))
     image_ids = arrow.column("image_id").to_numpy(zero_copy_only=False)
+    empty = int((image_ids == "").sum())
+    if empty:
+        raise DataError(path, f"column image_id holds {empty} empty id(s)")
     rows = np.stack([arrow.column(c).to_numpy().astype(np.int64) for c in COLUMNS[1:]], axis=1)
     return _group(path, image_ids, rows, metadata)
+
+
+def _parquet_metadata(path: Path, raw: bytes | None) -> dict[str, Any]:
+    """The JSON under the ``pdml_ray`` key: an object whose ``classes``, if present, is a
+    list of class names."""
+    if raw is None:
+        return {}
+    key = METADATA_KEY.decode()
+    try:
+        metadata = json.loads(raw)
+    except ValueError as exc:
+        raise DataError(path, f"metadata under '{key}' is not JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise DataError(path, f"metadata under '{key}' is a JSON {type(metadata).__name__}; "
+                              f"expected an object")
+    classes = metadata.get("classes")
+    if classes is not None and not (isinstance(classes, list)
+                                    and all(isinstance(name, str) for name in classes)):
+        raise DataError(path, f"metadata under '{key}': 'classes' must be a list of class "
+                              f"names, got {json.dumps(classes)[:80]}")
+    return metadata
 
 
 def _group(path: Path, image_ids: np.ndarray, rows: np.ndarray,
@@ -336,47 +387,100 @@ def _group(path: Path, image_ids: np.ndarray, rows: np.ndarray,
     return PointTable(dict(zip(ids.tolist(), np.split(rows[order], bounds))), metadata, path)
 
 
+def shown_id(image_id: str) -> str:
+    """An image id as a message shows it: quoted when it is empty or has outer spaces."""
+    return image_id if image_id and image_id.strip() == image_id else repr(image_id)
+
+
+def _int64(path: Path, where: str, name: str, value: int) -> int:
+    if not _INT64.min <= value <= _INT64.max:
+        raise DataError(path, f"{where}: {name} = {value} does not fit in a 64-bit integer")
+    return value
+
+
 def _read_csv(path: Path) -> PointTable:
     image_ids, rows = [], []
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+        # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, skipinitialspace=True)
+            header = [name.strip() for name in reader.fieldnames or ()]
+            reader.fieldnames = header
+            missing = [c for c in COLUMNS if c not in header]
             if missing:
                 raise DataError(path, f"missing column(s) {', '.join(missing)} in the CSV header; "
                                       f"expected {','.join(COLUMNS)}")
-            for line, record in enumerate(reader, start=2):
+            for record in reader:
+                line = reader.line_num
+                fields = (sum(value is not None for key, value in record.items() if key is not None)
+                          + len(record.get(None, ())))
+                if fields != len(header):
+                    raise DataError(path, f"line {line}: {fields} fields, but the header has "
+                                          f"{len(header)} ({','.join(header)})")
                 try:
-                    rows.append([int(record[c]) for c in COLUMNS[1:]])
-                except (TypeError, ValueError):
+                    values = [int(record[c]) for c in COLUMNS[1:]]
+                except ValueError:
                     raise DataError(path, f"line {line}: y, x and class_id must be integers, got "
                                           f"{[record[c] for c in COLUMNS[1:]]}") from None
-                image_ids.append(record["image_id"])
+                rows.append([_int64(path, f"line {line}", name, value)
+                             for name, value in zip(COLUMNS[1:], values)])
+                image_id = record["image_id"].strip()
+                if not image_id:
+                    raise DataError(path, f"line {line}: empty image_id")
+                image_ids.append(image_id)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(path, f"cannot read CSV: {exc}") from None
     return _group(path, np.asarray(image_ids, dtype=object),
                   np.asarray(rows, dtype=np.int64).reshape(-1, 3), {"imported_from": path.name})
 
 
+class _JSONObject(dict):
+    """A JSON object that remembers the keys it was given more than once (``json``
+    itself keeps the last value of a repeated key, silently)."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JSONObject:
+    obj = _JSONObject(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        obj.repeated = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
 def _read_json(path: Path) -> PointTable:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_bytes().decode("utf-8-sig"), object_pairs_hook=_json_object)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(path, f"cannot read JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise DataError(path, 'expected an object {image_id: [{"y": .., "x": .., "cls": ..}, ...]}')
+    if raw.repeated:
+        raise DataError(path, f"image {shown_id(raw.repeated[0])} is a key more than once; JSON "
+                              f"would keep only its last list of points: merge them into one")
     image_ids, rows = [], []
     for image_id, clicks in raw.items():
+        if not image_id.strip():
+            raise DataError(path, f"empty image id {image_id!r}")
         if not isinstance(clicks, list):
             raise DataError(path, f"image {image_id}: expected a list of points, got "
                                   f"{type(clicks).__name__}")
         for i, click in enumerate(clicks):
+            where = f"image {image_id}, point {i}"
+            if isinstance(click, _JSONObject) and click.repeated:
+                raise DataError(path, f"{where}: key {click.repeated[0]!r} is given more than "
+                                      f"once in {dict(click)!r}")
+            if isinstance(click, dict) and "cls" in click and "class_id" in click:
+                raise DataError(path, f"{where}: has both cls ({click['cls']!r}) and class_id "
+                                      f"({click['class_id']!r}); give one")
             cls = click.get("cls", click.get("class_id")) if isinstance(click, dict) else None
             values = (click.get("y"), click.get("x"), cls) if isinstance(click, dict) else (None,)
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                raise DataError(path, f"image {image_id}, point {i}: expected integer y, x and "
-                                      f"cls, got {click!r}")
+                raise DataError(path, f"{where}: expected integer y, x and cls, got "
+                                      f"{click!r}")
             image_ids.append(image_id)
-            rows.append(values)
+            rows.append([_int64(path, where, name, value)
+                         for name, value in zip(("y", "x", "cls"), values)])
     return _group(path, np.asarray(image_ids, dtype=object),
                   np.asarray(rows, dtype=np.int64).reshape(-1, 3), {"imported_from": path.name})

@@ -56,9 +56,12 @@ def import_point_table(path: str | os.PathLike, dataset: SegmentationDataset) ->
     against ``dataset``: known image ids, class range, every point inside its image."""
     table = read_points(path)
     dataset.check_points(table, bounds=True)
+    generation: dict = {"imported_from": Path(path).name}
+    if table.duplicates_dropped:
+        generation["duplicates_dropped"] = table.duplicates_dropped
     return table.with_metadata({"dataset": dataset.name, "split": dataset.split,
                                 "classes": list(dataset.classes), "num_images": len(dataset),
-                                "generation": {"imported_from": Path(path).name}})
+                                "generation": generation})
 
 
 def prepare_points(dataset: str, root: str | os.PathLike, split: str, out: str | os.PathLike, *,
@@ -81,9 +84,11 @@ def describe_points(table: PointTable, dataset: SegmentationDataset) -> str:
     """Points per image (against the paper's Table 2) and a per-class count table."""
     counts = np.array([table.points_per_image.get(image_id, 0) for image_id in dataset.image_ids])
     paper = ", ".join(f"{value} on {name}" for name, value in PAPER_POINTS_PER_IMAGE.items())
+    dropped = (f"; {table.duplicates_dropped} exact duplicate point(s) dropped"
+               if table.duplicates_dropped else "")
     lines = [
         f"{table.num_points} points in {len(counts)} {dataset.split} images of {dataset.name} "
-        f"({int((counts == 0).sum())} without points)",
+        f"({int((counts == 0).sum())} without points{dropped})",
         f"points per image: mean {counts.mean():.2f}, min {counts.min()}, max {counts.max()} "
         f"(paper, Table 2: {paper})",
         "points per class:",

@@ -265,3 +265,130 @@ def test_bounds_check_names_file_image_and_coordinates():
     table.check_bounds("img", (32, 41))
     with pytest.raises(DataError, match=r"clicks.json: image img: point \(y=2, x=40\)"):
         table.check_bounds("img", (32, 40))
+
+
+# -- what users send: repeats, conflicts, odd CSV/JSON/Parquet ------------------------------
+def test_one_pixel_with_two_classes_is_refused_naming_image_and_pixel(tmp_path):
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("image_id,y,x,class_id\na,1,1,0\nb,3,4,2\nb,3,4,1\n")
+    with pytest.raises(DataError) as info:
+        read_points(clicks)
+    assert str(info.value) == (f"{clicks}: image b: pixel (y=3, x=4) is labelled with two "
+                               "classes, 1 and 2")
+    as_json = tmp_path / "clicks.json"
+    as_json.write_text(json.dumps({"b": [{"y": 3, "x": 4, "cls": 2}, {"y": 3, "x": 4, "cls": 1}]}))
+    with pytest.raises(DataError, match=r"image b: pixel \(y=3, x=4\) is labelled with two"):
+        read_points(as_json)
+
+
+def test_exact_duplicates_are_dropped_and_counted(tmp_path):
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("image_id,y,x,class_id\n" + "a,1,1,0\n" * 3 + "b,2,2,1\nb,2,2,1\nc,0,0,3\n")
+    table = read_points(clicks)
+    assert table.points_per_image == {"a": 1, "b": 1, "c": 1} and table.num_points == 3
+    assert table.duplicates_dropped == 3
+    write_points(tmp_path / "p.parquet", table)
+    assert read_points(tmp_path / "p.parquet").num_points == 3
+    assert table.with_metadata({"split": "train"}).duplicates_dropped == 3
+    assert PointTable({"a": np.array([[1, 1, 0]])}).duplicates_dropped == 0
+
+
+def test_json_image_key_given_twice_is_refused(tmp_path):
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text('{"a": [{"y": 1, "x": 1, "cls": 0}], "b": [], '
+                      '"a": [{"y": 2, "x": 2, "cls": 1}]}')
+    with pytest.raises(DataError) as info:
+        read_points(clicks)
+    assert str(info.value) == (f"{clicks}: image a is a key more than once; JSON would keep only "
+                               "its last list of points: merge them into one")
+    clicks.write_text('{"a": [{"y": 1, "x": 1, "y": 5, "cls": 0}]}')
+    with pytest.raises(DataError, match="image a, point 0: key 'y' is given more than once"):
+        read_points(clicks)
+
+
+def test_json_point_with_both_cls_and_class_id_is_refused(tmp_path):
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps({"a": [{"y": 1, "x": 1, "cls": 3, "class_id": 4}]}))
+    with pytest.raises(DataError) as info:
+        read_points(clicks)
+    assert str(info.value) == (f"{clicks}: image a, point 0: has both cls (3) and class_id (4); "
+                               "give one")
+    clicks.write_text(json.dumps({"a": [{"y": 1, "x": 1, "class_id": 4}]}))
+    assert read_points(clicks).for_image("a").tolist() == [[1, 1, 4]]
+
+
+@pytest.mark.parametrize("row, fields", [("a,1,2,0,7", 5), ("a,1,2", 3)])
+def test_csv_rows_with_more_or_fewer_fields_than_the_header_are_refused(tmp_path, row, fields):
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(f"image_id,y,x,class_id\na,0,0,1\n{row}\n")
+    with pytest.raises(DataError) as info:
+        read_points(clicks)
+    assert str(info.value) == (f"{clicks}: line 3: {fields} fields, but the header has 4 "
+                               "(image_id,y,x,class_id)")
+
+
+def test_integers_beyond_64_bits_are_one_clear_error(tmp_path):
+    huge = 2 ** 64 + 5
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(f"image_id,y,x,class_id\na,1,{huge},0\n")
+    with pytest.raises(DataError) as info:
+        read_points(clicks)
+    assert str(info.value) == f"{clicks}: line 2: x = {huge} does not fit in a 64-bit integer"
+    as_json = tmp_path / "clicks.json"
+    as_json.write_text(f'{{"a": [{{"y": 1, "x": 1, "cls": {huge}}}]}}')
+    with pytest.raises(DataError) as info:
+        read_points(as_json)
+    assert str(info.value) == (f"{as_json}: image a, point 0: cls = {huge} does not fit in a "
+                               "64-bit integer")
+
+
+def test_uint64_coordinate_is_not_reported_as_negative(tmp_path):
+    big = 2 ** 64 - 1
+    columns = {**GOOD, "y": pa.array([1, big], pa.uint64())}
+    path = write_arrow(tmp_path / "u.parquet", columns)
+    with pytest.raises(DataError) as info:
+        read_points(path)
+    assert str(info.value) == (f"{path}: column y holds {big}, which does not fit in a 64-bit "
+                               "signed integer")
+    fine = write_arrow(tmp_path / "ok.parquet", {**GOOD, "y": pa.array([1, 2], pa.uint64())})
+    assert read_points(fine).for_image("a")[:, 0].tolist() == [1, 2]
+
+
+def test_csv_with_a_byte_order_mark_and_spaces_after_commas_is_read(tmp_path):
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_bytes("\ufeffimage_id, y, x, class_id\r\na, 1, 2, 0\r\nb , 3 ,4,1\r\n"
+                       .encode("utf-8"))
+    table = read_points(clicks)
+    assert table.points_per_image == {"a": 1, "b": 1}
+    assert table.for_image("a").tolist() == [[1, 2, 0]]
+    assert table.for_image("b").tolist() == [[3, 4, 1]]
+
+
+@pytest.mark.parametrize("metadata, problem", [
+    (["a", "b"], "metadata under 'pdml_ray' is a JSON list; expected an object"),
+    ({"classes": 5}, "metadata under 'pdml_ray': 'classes' must be a list of class names, got 5"),
+    ({"classes": [1, 2]},
+     "metadata under 'pdml_ray': 'classes' must be a list of class names, got [1, 2]"),
+])
+def test_parquet_metadata_of_the_wrong_shape_is_one_clear_error(tmp_path, metadata, problem):
+    path = write_arrow(tmp_path / "m.parquet", GOOD, metadata)
+    with pytest.raises(DataError) as info:
+        read_points(path)
+    assert str(info.value) == f"{path}: {problem}"
+
+
+def test_empty_image_ids_are_refused_where_they_are_written(tmp_path):
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("image_id,y,x,class_id\na,1,1,0\n ,2,2,1\n")
+    with pytest.raises(DataError) as info:
+        read_points(clicks)
+    assert str(info.value) == f"{clicks}: line 3: empty image_id"
+    as_json = tmp_path / "clicks.json"
+    as_json.write_text(json.dumps({"": [{"y": 1, "x": 1, "cls": 0}]}))
+    with pytest.raises(DataError) as info:
+        read_points(as_json)
+    assert str(info.value) == f"{as_json}: empty image id ''"
+    path = write_arrow(tmp_path / "e.parquet", {**GOOD, "image_id": pa.array(["a", ""])})
+    with pytest.raises(DataError) as info:
+        read_points(path)
+    assert str(info.value) == f"{path}: column image_id holds 1 empty id(s)"
