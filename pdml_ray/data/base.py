@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
 from .errors import DataError
-from .io import image_size, read_image, read_label
-from .points import PointTable, read_points
+from .io import exif_orientation, file_problem, image_size, read_image, read_label
+from .points import PointTable, read_points, shown_id
 from .transforms import IGNORE_INDEX, Sample, points_to_sample, rasterize_points, to_model_input
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg")  # matched in any case: .JPG from cameras is common
+LABEL_SUFFIX = ".png"
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,17 @@ class SegmentationDataset(Dataset):
         image, mask = self.load_image(index), self.load_mask(index)
         if image.shape[:2] != mask.shape:
             record = self.records[index]
+            orientation = exif_orientation(record.image_path)
+            exif = ""
+            if orientation in (5, 6, 7, 8) and image.shape[1::-1] == mask.shape:
+                exif = (f"; the image carries EXIF orientation {orientation}, so viewers show "
+                        f"it turned by 90 degrees ({image.shape[1]}x{image.shape[0]}) while its "
+                        f"stored pixels are not: label the stored pixels, or save the image "
+                        f"with the rotation applied (PIL.ImageOps.exif_transpose)")
             raise DataError(record.label_path,
                             f"label map is {mask.shape[0]}x{mask.shape[1]} but image "
-                            f"{record.image_path.name} is {image.shape[0]}x{image.shape[1]} (HxW)")
+                            f"{record.image_path.name} is {image.shape[0]}x{image.shape[1]} "
+                            f"(HxW){exif}")
         return image, mask
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -176,7 +186,7 @@ class SegmentationDataset(Dataset):
         if unknown:
             raise DataError(table.source,
                             f"{len(unknown)} image id(s) not in the {self.name} {self.split} split "
-                            f"at {self.root}: {', '.join(unknown[:5])}"
+                            f"at {self.root}: {', '.join(map(shown_id, unknown[:5]))}"
                             f"{', ...' if len(unknown) > 5 else ''}")
         if table.classes is not None and table.classes != self.classes:
             raise DataError(table.source, f"points are labelled with {len(table.classes)} classes "
@@ -195,31 +205,56 @@ class SegmentationDataset(Dataset):
                           stacklevel=3)
 
 
-def paired_records(image_dir: Path, label_dir: Path, *, image_suffix: str = ".jpg",
+def list_files(folder: Path, suffixes: Sequence[str], what: str) -> dict[str, Path]:
+    """``{stem: path}`` of the entries of ``folder`` whose suffix (in any case) is one of
+    ``suffixes``. macOS metadata files (``._name``) are ignored; an entry named like an
+    image that is no readable file (a folder, a broken symlink, a symlink loop) and two
+    entries of one stem are refused, naming them."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("._") or path.suffix.lower() not in suffixes:
+            continue
+        problem = file_problem(path)
+        if problem is not None:
+            raise DataError(path, f"{what} {problem}")
+        if path.stem in found:
+            raise DataError(path, f"two {what}s share the id {path.stem}: "
+                                  f"{found[path.stem].name} and {path.name}")
+        found[path.stem] = path
+    return found
+
+
+def paired_records(image_dir: Path, label_dir: Path, *,
+                   image_suffixes: Sequence[str] = IMAGE_SUFFIXES,
                    instance_dir: Path | None = None) -> list[ImageRecord]:
-    """Records of an images folder and a labels folder that pair files by stem."""
+    """Records of an images folder and a labels folder (``.png``) that pair files by stem."""
     for folder in (image_dir, label_dir, instance_dir):
         if folder is not None and not folder.is_dir():
             raise DataError(folder, "folder not found")
-    images = sorted(image_dir.glob(f"*{image_suffix}"))
+    images = list_files(image_dir, image_suffixes, "image")
     if not images:
-        raise DataError(image_dir, f"no {image_suffix} images found: the split is empty")
-    stems = {path.stem for path in images}
-    for label in sorted(label_dir.glob("*.png")):
-        if label.stem not in stems:
-            raise DataError(image_dir / f"{label.stem}{image_suffix}",
+        raise DataError(image_dir, f"no {' or '.join(image_suffixes)} images found: the split "
+                                   f"is empty")
+    labels = list_files(label_dir, (LABEL_SUFFIX,), "label map")
+    for stem, label in labels.items():
+        if stem not in images:
+            raise DataError(image_dir / f"{stem}{image_suffixes[0]}",
                             f"image not found (its label map {label.name} exists)")
+    instance_maps = (list_files(instance_dir, (LABEL_SUFFIX,), "instance map")
+                     if instance_dir is not None else {})
     records = []
-    for image in images:
-        label = label_dir / f"{image.stem}.png"
-        if not label.is_file():
-            raise DataError(label, f"label map of image {image.name} not found")
+    for stem, image in images.items():
+        label = labels.get(stem)
+        if label is None:
+            raise DataError(label_dir / f"{stem}{LABEL_SUFFIX}",
+                            f"label map of image {image.name} not found")
         instances = None
         if instance_dir is not None:
-            instances = instance_dir / f"{image.stem}.png"
-            if not instances.is_file():
-                raise DataError(instances, f"instance map of image {image.name} not found")
-        records.append(ImageRecord(image.stem, image, label, instances))
+            instances = instance_maps.get(stem)
+            if instances is None:
+                raise DataError(instance_dir / f"{stem}{LABEL_SUFFIX}",
+                                f"instance map of image {image.name} not found")
+        records.append(ImageRecord(stem, image, label, instances))
     return records
 
 

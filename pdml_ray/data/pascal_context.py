@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import ImageRecord, SegmentationDataset
+from .base import IMAGE_SUFFIXES, LABEL_SUFFIX, ImageRecord, SegmentationDataset, list_files
 from .errors import DataError
+from .io import file_problem
 
 PASCAL_CONTEXT_CLASSES = (
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
@@ -64,18 +65,46 @@ class PascalContextDataset(SegmentationDataset):
 
     def list_records(self) -> list[ImageRecord]:
         split_file = self.root / "ImageSets" / "SegmentationContext" / SPLIT_FILES[self.split]
-        if not split_file.is_file():
-            raise DataError(split_file, "split file not found")
-        image_ids = sorted({line.strip() for line in split_file.read_text().splitlines()} - {""})
-        if not image_ids:
-            raise DataError(split_file, "split file lists no images: the split is empty")
+        image_ids = read_split_list(split_file)
+        images = list_files(self.root / "JPEGImages", IMAGE_SUFFIXES, "image")
         records = []
         for image_id in image_ids:
-            image = self.root / "JPEGImages" / f"{image_id}.jpg"
-            label = self.root / LABEL_FOLDER / f"{image_id}.png"
-            if not image.is_file():
-                raise DataError(image, f"image not found (listed in {split_file.name})")
-            if not label.is_file():
-                raise DataError(label, f"label map not found (listed in {split_file.name})")
+            image = images.get(image_id)
+            if image is None:
+                raise DataError(self.root / "JPEGImages" / f"{image_id}{IMAGE_SUFFIXES[0]}",
+                                f"image not found (listed in {split_file.name})")
+            label = self.root / LABEL_FOLDER / f"{image_id}{LABEL_SUFFIX}"
+            problem = file_problem(label)
+            if problem is not None:
+                raise DataError(label, f"label map {problem} (listed in {split_file.name})")
             records.append(ImageRecord(image_id, image, label))
         return records
+
+
+def read_split_list(path: Path) -> list[str]:
+    """The image ids of a split list (one per line, UTF-8, a byte-order mark allowed),
+    sorted and without repeats. An id is a file stem: one with a folder in it (which
+    could reach outside the dataset, ``../../x``) is refused, naming its line."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(path, f"split file {problem}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"split file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                              f"at offset {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read split file: {exc.strerror or exc}") from None
+    image_ids = set()
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+            raise DataError(path, f"line {line_number}: {image_id!r} is a path, not an image id; "
+                                  f"ids are file names without folder or extension "
+                                  f"(e.g. 2008_000002), inside JPEGImages/")
+        image_ids.add(image_id)
+    if not image_ids:
+        raise DataError(path, "split file lists no images: the split is empty")
+    return sorted(image_ids)

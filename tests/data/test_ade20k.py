@@ -146,7 +146,7 @@ def test_empty_split_names_the_folder(tmp_path):
     root = tmp_path / "ADEChallengeData2016"
     for sub in ("images/training", "annotations/training"):
         (root / sub).mkdir(parents=True)
-    with pytest.raises(DataError, match="no .jpg images found") as info:
+    with pytest.raises(DataError, match="no .jpg or .jpeg images found") as info:
         ADE20KDataset(root, "train")
     assert str(root / "images" / "training") in str(info.value)
     with pytest.raises(DataError, match="not an ADE20K folder"):
@@ -185,3 +185,78 @@ def test_split_must_be_train_or_val(tmp_path, make_ade20k):
     root = make_ade20k(tmp_path, train=1, val=1)
     with pytest.raises(ValueError, match="split"):
         ADE20KDataset(root, "test")
+
+
+# -- file names and links as users' folders have them ----------------------------------------
+def test_upper_case_and_jpeg_suffixes_are_found(ade20k_root):
+    images = ade20k_root / "images" / "training"
+    (images / "ADE_train_00000001.jpg").rename(images / "ADE_train_00000001.JPG")
+    (images / "ADE_train_00000002.jpg").rename(images / "ADE_train_00000002.jpeg")
+    data = ADE20KDataset(ade20k_root, "train")
+    assert data.image_ids == ["ADE_train_00000001", "ADE_train_00000002", "ADE_train_00000003"]
+    assert data.records[0].image_path.name == "ADE_train_00000001.JPG"
+    assert data[1]["image"].shape == (3, SIZE, SIZE)
+    twin = (images / "ADE_train_00000003.jpg").read_bytes()
+    (images / "ADE_train_00000003.JPEG").write_bytes(twin)
+    with pytest.raises(DataError, match="two images share the id ADE_train_00000003: "
+                                        "ADE_train_00000003.JPEG and ADE_train_00000003.jpg"):
+        ADE20KDataset(ade20k_root, "train")
+
+
+def test_macos_metadata_files_are_ignored(ade20k_root):
+    for folder in ("images", "annotations"):
+        suffix = ".jpg" if folder == "images" else ".png"
+        (ade20k_root / folder / "training" / f"._ADE_train_00000001{suffix}").write_bytes(
+            b"\x00\x05\x16\x07 AppleDouble")
+    assert len(ADE20KDataset(ade20k_root, "train")) == 3
+
+
+def test_broken_symlinks_and_folders_named_like_images_are_reported(ade20k_root):
+    images = ade20k_root / "images" / "training"
+    broken = images / "ADE_train_00000004.jpg"
+    broken.symlink_to(ade20k_root / "elsewhere.jpg")
+    with pytest.raises(DataError) as info:
+        ADE20KDataset(ade20k_root, "train")
+    assert str(info.value) == (f"{broken}: image is a broken symlink (to "
+                               f"{ade20k_root / 'elsewhere.jpg'})")
+    broken.unlink()
+    folder = ade20k_root / "annotations" / "training" / "ADE_train_00000005.png"
+    folder.mkdir()
+    with pytest.raises(DataError) as info:
+        ADE20KDataset(ade20k_root, "train")
+    assert str(info.value) == f"{folder}: label map is a folder, not a file"
+
+
+def test_symlink_loop_is_reported_as_a_loop(ade20k_root):
+    label = label_path(ade20k_root, "training", 2)
+    label.unlink()
+    label.symlink_to(label)
+    with pytest.raises(DataError) as info:
+        ADE20KDataset(ade20k_root, "train")
+    assert str(info.value) == (f"{label}: label map is a symlink loop (the link leads back to "
+                               "itself)")
+
+
+def test_size_mismatch_of_an_exif_rotated_photo_says_exif(ade20k_root):
+    """A phone photo stored 24x32 (HxW) with orientation 6 is shown 32x24; a label map
+    drawn on what the viewer showed does not fit the stored pixels."""
+    image = ade20k_root / "images" / "training" / "ADE_train_00000001.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((24, SIZE, 3), np.uint8)).save(image, exif=exif)
+    Image.fromarray(np.ones((SIZE, 24), np.uint8)).save(label_path(ade20k_root, "training", 1))
+    with pytest.raises(DataError) as info:
+        ADE20KDataset(ade20k_root, "train")[0]
+    assert str(info.value) == (
+        f"{label_path(ade20k_root, 'training', 1)}: label map is {SIZE}x24 but image "
+        f"ADE_train_00000001.jpg is 24x{SIZE} (HxW); the image carries EXIF orientation 6, so "
+        f"viewers show it turned by 90 degrees ({SIZE}x24) while its stored pixels are not: "
+        "label the stored pixels, or save the image with the rotation applied "
+        "(PIL.ImageOps.exif_transpose)")
+
+
+def test_an_empty_image_id_is_shown_quoted(ade20k_root):
+    with pytest.raises(DataError) as info:
+        ADE20KDataset(ade20k_root, "train", points=PointTable({"": [[0, 0, 1]]}, source="p.csv"))
+    assert str(info.value) == (f"p.csv: 1 image id(s) not in the ade20k train split at "
+                               f"{ade20k_root}: ''")

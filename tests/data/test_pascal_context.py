@@ -67,3 +67,48 @@ def test_missing_split_file_empty_split_and_missing_files(pascal_root):
     (pascal_root / "SegmentationClassContext" / "2008_000000.png").unlink()
     with pytest.raises(DataError, match=r"2008_000000.png: label map not found"):
         PascalContextDataset(pascal_root, "train")
+
+
+# -- split lists as editors save them ------------------------------------------------------------
+def test_byte_order_mark_in_a_split_list_is_stripped(pascal_root):
+    split_file = pascal_root / "ImageSets" / "SegmentationContext" / "train.txt"
+    split_file.write_bytes("\ufeff2008_000001\r\n2008_000000\r\n".encode("utf-8"))
+    assert PascalContextDataset(pascal_root, "train").image_ids == ["2008_000000", "2008_000001"]
+
+
+def test_split_list_that_is_not_utf8_is_one_clear_error(pascal_root):
+    split_file = pascal_root / "ImageSets" / "SegmentationContext" / "train.txt"
+    split_file.write_bytes("2008_000000\n2008_00000\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        PascalContextDataset(pascal_root, "train")
+    assert str(info.value) == (f"{split_file}: split file is not UTF-8 text (byte 0xe9 at "
+                               "offset 22); save it as UTF-8")
+
+
+def test_split_entry_reaching_outside_the_dataset_is_refused(pascal_root, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(outside / "x.jpg")
+    Image.fromarray(np.ones((SIZE, SIZE), np.uint8)).save(outside / "x.png")
+    split_file = pascal_root / "ImageSets" / "SegmentationContext" / "train.txt"
+    split_file.write_text("2008_000000\n../../outside/x\n")
+    with pytest.raises(DataError) as info:
+        PascalContextDataset(pascal_root, "train")
+    assert str(info.value) == (f"{split_file}: line 2: '../../outside/x' is a path, not an image "
+                               "id; ids are file names without folder or extension "
+                               "(e.g. 2008_000002), inside JPEGImages/")
+
+
+def test_upper_case_suffix_and_symlink_loop_in_pascal(pascal_root):
+    images = pascal_root / "JPEGImages"
+    (images / "2008_000001.jpg").rename(images / "2008_000001.JPG")
+    (images / "._2008_000001.jpg").write_bytes(b"AppleDouble")
+    records = PascalContextDataset(pascal_root, "train").records
+    assert records[1].image_path.name == "2008_000001.JPG"
+    label = pascal_root / "SegmentationClassContext" / "2008_000002.png"
+    label.unlink()
+    label.symlink_to(label)
+    with pytest.raises(DataError) as info:
+        PascalContextDataset(pascal_root, "train")
+    assert str(info.value) == (f"{label}: label map is a symlink loop (the link leads back to "
+                               "itself) (listed in train.txt)")
