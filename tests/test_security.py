@@ -72,11 +72,11 @@ def test_registered_model_is_a_state_dict_and_json_config_only(tmp_path, mlflow_
                                                           dst_path=str(tmp_path / "model")))
 
     # Data only: the MLmodel file, environment files, the registry's name/version note,
-    # a state_dict and the JSON config.
+    # the input example (JSON), a state_dict and the JSON config.
     # No pickle, no source file: nothing that came from the registry is executed.
     files = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
     assert files == {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt",
-                     "registered_model_meta",
+                     "registered_model_meta", "input_example.json", "serving_input_example.json",
                      "data/scene_parser/weights.pt", "data/scene_parser/config.json"}
     flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
     # The loader is a module of the installed pdml_ray, found by name.

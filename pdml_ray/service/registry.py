@@ -40,10 +40,19 @@ VAL_MIOU_TAG = "val_miou"
 LOADER_MODULE = "pdml_ray.service.pyfunc_model"
 
 SIGNATURE = ModelSignature(
-    # Unnamed specs: the pyfunc receives and returns plain arrays, not {name: array}.
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+    # No input schema: the pyfunc checks its input itself (pyfunc_model.as_images), because
+    # the scoring server would cast a request to a schema's dtype first (floats to uint8,
+    # silently) and a tensor spec cannot accept both (N, H, W, 3) and (H, W, 3).
+    # Unnamed output spec: the pyfunc returns a plain array, not {name: array}.
+    inputs=None,
     outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1))]),
 )
+
+
+def input_example() -> np.ndarray:
+    """What the logged model shows a user to send: one 16 x 16 RGB image, uint8
+    ``(1, 16, 16, 3)`` (MLflow stores it as ``{"inputs": ...}`` JSON beside the model)."""
+    return np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
 
 
 def _requirements() -> list[str]:
@@ -89,7 +98,8 @@ def log_and_register(cfg: Config, *, run_id: str, state_dict: dict, val_miou: fl
             # pdml_ray, not code shipped inside the registry (docs/robustness.md).
             info = mlflow.pyfunc.log_model(
                 name="model", loader_module=LOADER_MODULE, data_path=str(data),
-                pip_requirements=_requirements(), signature=SIGNATURE, metadata=metadata)
+                pip_requirements=_requirements(), signature=SIGNATURE,
+                input_example=input_example(), metadata=metadata)
         version = mlflow.register_model(info.model_uri, cfg.mlflow.registered_model).version
     client = MlflowClient(cfg.mlflow.tracking_uri)
     name = cfg.mlflow.registered_model
