@@ -42,9 +42,15 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
+    from pdml_ray.config import project_dir
+    from pdml_ray.data.io import check_output_folder
+
+    report = Path(args.report) if args.report else (
+        project_dir(args.project_dir) / "outputs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_folder(report, "--report")  # before the model is loaded and evaluated
+
     from tqdm import tqdm
 
-    from pdml_ray.config import project_dir
     from pdml_ray.data import build_dataset
     from pdml_ray.inference import evaluate_dataset
     from pdml_ray.reports import write_evaluation_report
@@ -63,8 +69,6 @@ def main() -> int:
         progress=lambda items: tqdm(items, desc="evaluating", unit="image"), **options)
     scores = confusion.compute()
 
-    report = Path(args.report) if args.report else (
-        project_dir(args.project_dir) / "outputs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
     version = f" (version {loaded.version.version})" if loaded.version is not None else ""
     write_evaluation_report(report, class_names=val_set.classes, palette=model.palette,
                             confusion=confusion.mat.cpu().numpy(), scores=scores,

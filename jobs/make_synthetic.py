@@ -10,6 +10,7 @@ import sys
 import time
 
 from pdml_ray.data import DataError, describe_scenes, generate_scenes
+from pdml_ray.data.io import check_output_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
+        check_output_folder(args.out, "--out")
         stats = generate_scenes(args.out, train=args.train, val=args.val, size=args.size,
                                 seed=args.seed)
     except (DataError, ValueError) as exc:

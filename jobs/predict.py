@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 
 from jobs.cli import (add_config_arguments, add_inference_arguments, config_from_args,
                       inference_options, run_cli)
@@ -43,14 +42,17 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
+    from pdml_ray.data.io import check_output_folder
+
+    out_dir = check_output_folder(args.out, "--out")  # before Ray, MLflow and the model
+
     from tqdm import tqdm
 
     from pdml_ray.service.predict import collect_inputs, predict_local, predict_on_ray
     from pdml_ray.service.registry import load_scene_parser
     from pdml_ray.service.runtime import ray_session
 
-    sources = collect_inputs(args.input)
-    out_dir = Path(args.out)
+    sources = collect_inputs(args.input, out_dir=out_dir)
     loaded = load_scene_parser(cfg.mlflow.tracking_uri, args.model)
     print(f"model {args.model}"
           + (f" (version {loaded.version.version})" if loaded.version is not None else "")

@@ -129,13 +129,54 @@ def test_label_value_out_of_range_keeps_the_previous_points_file(scenes, tmp_pat
     ("not_an_image,3,4,1\n", "1 image id(s) not in the synthetic train split at {root}: "
                              "not_an_image"),
     ("synthetic_train_00000,3,4,12\n", "image synthetic_train_00000: class id 12 outside 0..7"),
-], ids=["empty", "outside-image", "unknown-image", "class-out-of-range"])
+    ("synthetic_train_00000,3,4,1\nsynthetic_train_00000,3,4,2\n",
+     "image synthetic_train_00000: pixel (y=3, x=4) is labelled with two classes, 1 and 2"),
+    ("synthetic_train_00000,3,4,1,9\n",
+     "line 2: 5 fields, but the header has 4 (image_id,y,x,class_id)"),
+    ("synthetic_train_00000,3,99999999999999999999,1\n",
+     "line 2: x = 99999999999999999999 does not fit in a 64-bit integer"),
+    (",3,4,1\n", "line 2: empty image_id"),
+], ids=["empty", "outside-image", "unknown-image", "class-out-of-range", "pixel-two-classes",
+        "extra-field", "beyond-int64", "empty-image-id"])
 def test_imported_points_are_checked(rows, message, scenes, tmp_path):
     clicks = tmp_path / "clicks.csv"
     clicks.write_text("image_id,y,x,class_id\n" + rows)
     out = tmp_path / "points.parquet"
     result = prepare_points(scenes, out, "--import", str(clicks))
     assert error_lines(result) == [f"error: {clicks}: {message.format(root=scenes)}"]
+    assert_nothing_written(out)
+
+
+def test_json_clicks_with_a_repeated_image_key_are_refused(scenes, tmp_path):
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text('{"synthetic_train_00000": [{"y": 1, "x": 1, "cls": 0}], '
+                      '"synthetic_train_00000": [{"y": 2, "x": 2, "cls": 1}]}')
+    out = tmp_path / "points.parquet"
+    assert error_lines(prepare_points(scenes, out, "--import", str(clicks))) == [
+        f"error: {clicks}: image synthetic_train_00000 is a key more than once; JSON would keep "
+        "only its last list of points: merge them into one"]
+    assert_nothing_written(out)
+
+
+def test_exact_duplicate_clicks_are_dropped_and_counted(scenes, tmp_path):
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("image_id,y,x,class_id\n" + "synthetic_train_00000,3,4,1\n" * 2
+                      + "synthetic_train_00001,5,6,2\n" * 3 + "synthetic_train_00002,7,8,3\n")
+    out = tmp_path / "points.parquet"
+    result = prepare_points(scenes, out, "--import", str(clicks))
+    assert result.returncode == 0, result.stderr
+    assert ("3 points in 4 train images of synthetic (1 without points; 3 exact duplicate "
+            "point(s) dropped)") in result.stdout
+
+
+def test_label_map_that_is_jpeg_data_named_png(scenes, tmp_path):
+    root = broken_copy(scenes, tmp_path)
+    label = root / "annotations" / "training" / "synthetic_train_00001.png"
+    Image.open(label).save(label, format="JPEG")  # mode L, as an export gone wrong
+    out = tmp_path / "points.parquet"
+    assert error_lines(prepare_points(root, out)) == [
+        f"error: {label}: label map is JPEG data, not PNG (lossy compression has changed its "
+        "class ids); save label maps as PNG"]
     assert_nothing_written(out)
 
 
@@ -171,6 +212,24 @@ def test_unknown_model_uri_is_refused_by_evaluate(tmp_path):
     errors = error_lines(result)
     # jobs.evaluate is being reworked: its wording may change, the one named line may not.
     assert len(errors) == 1 and "models:/nope@champion" in errors[0]
+
+
+def test_report_folder_that_is_a_file_is_refused_before_evaluating(tmp_path):
+    report = tmp_path / "report.md"
+    report.write_text("an earlier report")
+    store = tmp_path / "m.db"
+    result = job("jobs.evaluate", "--report", str(report), "--project-dir", str(tmp_path),
+                 "--set", f"mlflow.tracking_uri=sqlite:///{store}")
+    assert error_lines(result) == [f"error: {report}: is a file; --report must be a folder"]
+    assert report.read_text() == "an earlier report" and not store.exists()
+
+
+def test_make_synthetic_out_that_is_a_file(tmp_path):
+    taken = tmp_path / "scenes"
+    taken.write_text("not a folder")
+    assert error_lines(job("jobs.make_synthetic", "--out", str(taken), "--train", "1", "--val",
+                           "1", "--size", "16")) == [
+        f"error: {taken}: is a file; --out must be a folder"]
 
 
 # -- Ray side: bad data met by a worker, a diverging loss --------------------------------

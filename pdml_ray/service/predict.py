@@ -32,6 +32,7 @@ from pdml_ray.inference import SceneParser
 from pdml_ray.reports import class_id_image, overlay, png_bytes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+OUTPUT_SUFFIXES = ("_classes.png", "_overlay.png")  # what write_outputs names its files
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 # What one image may fail with (unreadable, undecodable, too large for memory) without
 # stopping the others; torch reports allocation failures as RuntimeError.
@@ -49,21 +50,31 @@ class PredictionOutcome:
 
 
 # -- inputs and outputs --------------------------------------------------------------
-def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+def collect_inputs(paths: Sequence[str | os.PathLike], *,
+                   out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Files as given (whatever their suffix: an unreadable one is reported later), and
-    the image files of folders (by suffix, sorted, not recursive).
+    the entries of folders named like images (by suffix, sorted, not recursive).
+
+    A folder's entries named like images that are no readable file (a folder, a broken
+    symlink) are kept, so that they are reported as failed rather than skipped unseen;
+    macOS metadata files (``._name``) are left out, and so are this job's own outputs
+    (``*_classes.png``, ``*_overlay.png``) in ``out_dir``, so that an output folder used
+    as input again does not get predictions of predictions.
 
     Raises:
         FileNotFoundError: nothing to predict on: every path is missing or an empty folder.
     """
+    out_dir = Path(out_dir).resolve() if out_dir is not None else None
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
+            own_outputs = out_dir is not None and path.resolve() == out_dir
             found += sorted(p for p in path.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._")
+                            and not (own_outputs and p.name.endswith(OUTPUT_SUFFIXES)))
         else:
             found.append(path)  # a missing file becomes a reported failure, not a crash
-    if not any(path.exists() for path in found):
+    if not any(os.path.lexists(path) for path in found):
         raise FileNotFoundError(f"no images found in {', '.join(map(str, paths))} (folders are "
                                 f"searched for {', '.join(IMAGE_SUFFIXES)})")
     return list(dict.fromkeys(found))  # a file named twice is predicted once
@@ -134,6 +145,8 @@ def _read(source: Path) -> bytes:
     try:
         return source.read_bytes()
     except FileNotFoundError:
+        if source.is_symlink():
+            raise ValueError(f"broken symlink (to {os.readlink(source)})") from None
         raise ValueError("file not found") from None
     except IsADirectoryError:
         raise ValueError("is a folder, not an image") from None

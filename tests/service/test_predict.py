@@ -140,3 +140,48 @@ def test_predict_a_folder_on_ray_tasks(registered, tmp_path, job_tmpdir):
     for stem, size in sizes.items():
         check_outputs(out, stem, size)
     assert result.left_running == []  # the job shut its local Ray down
+
+
+def test_inputs_skip_this_jobs_outputs_and_macos_files_but_keep_odd_entries(tmp_path):
+    for name in ("a.jpg", "a_classes.png", "a_overlay.png", "._a.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    names = [path.name for path in collect_inputs([tmp_path], out_dir=tmp_path)]
+    assert names == ["a.jpg", "folder.jpg", "gone.png"]  # the last two fail, reported by name
+    elsewhere = collect_inputs([tmp_path], out_dir=tmp_path / "out")
+    assert [path.name for path in elsewhere] == ["a.jpg", "a_classes.png", "a_overlay.png",
+                                                 "folder.jpg", "gone.png"]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file", "{out}: is a file; --out must be a folder"),
+    ("under-file", "{out}: cannot create --out there: {file} is a file"),
+    ("unwritable", "{out}: cannot write --out there (in /sys/kernel): Permission denied"),
+], ids=["file", "under-file", "unwritable"])
+def test_bad_out_folder_is_refused_before_the_model_is_loaded(tmp_path, where, message):
+    photo = save(tmp_path / "p.png", rgb(8, 8))
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    out = {"file": taken, "under-file": taken / "out",
+           "unwritable": Path("/sys/kernel/pdml_predictions")}[where]
+    store = tmp_path / "never.db"
+    result = run_job("jobs.predict", "--model", "models:/nope@champion", "--input", str(photo),
+                     "--out", str(out), "--set", f"mlflow.tracking_uri=sqlite:///{store}")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"error: {message.format(out=out, file=taken)}"]
+    assert not store.exists()  # the model was never looked up
+
+
+def test_predict_twice_into_its_input_folder_does_not_predict_its_outputs(registered, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    save(photos / "street.jpg", rgb(20, 30))
+    for _ in range(2):
+        result = run_job("jobs.predict", "--input", str(photos), "--out", str(photos),
+                         "--set", f"mlflow.tracking_uri={registered}")
+        assert result.returncode == 0, result.stderr
+        assert "1 of 1 images" in result.stdout
+    assert sorted(path.name for path in photos.iterdir()) == [
+        "street.jpg", "street_classes.png", "street_overlay.png"]
