@@ -149,6 +149,13 @@ def test_inputs_skip_this_jobs_outputs_and_macos_files_but_keep_odd_entries(tmp_
     (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
     names = [path.name for path in collect_inputs([tmp_path], out_dir=tmp_path)]
     assert names == ["a.jpg", "folder.jpg", "gone.png"]  # the last two fail, reported by name
+    from pdml_ray.service.predict import _read
+
+    with pytest.raises(ValueError, match=r"^is a folder, not an image$"):
+        _read(tmp_path / "folder.jpg")
+    with pytest.raises(ValueError) as info:
+        _read(tmp_path / "gone.png")
+    assert str(info.value) == f"broken symlink (to {tmp_path / 'nowhere.png'})"
     elsewhere = collect_inputs([tmp_path], out_dir=tmp_path / "out")
     assert [path.name for path in elsewhere] == ["a.jpg", "a_classes.png", "a_overlay.png",
                                                  "folder.jpg", "gone.png"]
