@@ -3,6 +3,10 @@ from the dense labels, or imported from a CSV/JSON file of clicks.
 
     python -m jobs.prepare_points --dataset ade20k --root data/ADEChallengeData2016 \\
         --split train --out data/ade_points_train.parquet --seed 0
+
+The split is first checked as ``jobs.check_data`` checks it (every image and label map
+decoded, every problem listed; on Ray tasks for splits of more than --local-below
+images); any problem stops the job before a file is written. --skip-check skips it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jobs.check_data import add_check_arguments, check_splits
 from pdml_ray.data import DATASETS, DataError, describe_points, prepare_points
 from pdml_ray.data.points import STRATEGIES
 
@@ -28,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import", dest="import_path", metavar="FILE",
                         help="import points from FILE (.csv: image_id,y,x,class_id; .json: "
                              '{image_id: [{"y","x","cls"}]}) instead of generating them')
+    parser.add_argument("--skip-check", action="store_true",
+                        help="do not decode every image and label map of the split first")
+    add_check_arguments(parser)
     args = parser.parse_args(argv)
+
+    if not args.skip_check and not check_splits(args.dataset, args.root, (args.split,), args):
+        print("nothing written: fix the files above (or pass --skip-check)", file=sys.stderr)
+        return 2
 
     try:
         table, dataset = prepare_points(args.dataset, args.root, args.split, args.out,

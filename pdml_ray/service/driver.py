@@ -19,8 +19,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pdml_ray.config import Config, resolve_paths
-from pdml_ray.data import build_dataset, ensure_synthetic
+from pdml_ray.data import DataError, build_dataset, ensure_synthetic
 from pdml_ray.service.checkpoint import load_training_state
+from pdml_ray.service.data_check import StopOnDataError, check_headers, data_error_of_run
 from pdml_ray.service.registry import RegisteredModel, log_and_register
 from pdml_ray.service.store import create_store, store_actor_name
 from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
@@ -47,11 +48,18 @@ def unique_run_name(prefix: str = "pdml") -> str:
 
 def prepare_data(cfg: Config) -> None:
     """Generate synthetic scenes if needed and open both splits once on the driver, so
-    that a bad dataset or points file fails here with its message, not in every worker."""
+    that a bad dataset or points file fails here with its message, not in every worker;
+    and read every file's header (missing, unreadable, wrong mode, sizes that differ)
+    before workers start. Truncated bodies and label values need ``jobs.check_data``."""
     if cfg.data.dataset == "synthetic":
         ensure_synthetic(cfg.data)
     for split in ("train", "val"):
-        build_dataset(cfg.data, split)
+        problems = check_headers(build_dataset(cfg.data, split, train_transform=False))
+        if problems:
+            more = (f" (and {len(problems) - 1} more; list them all with `python -m "
+                    f"jobs.check_data --dataset {cfg.data.dataset} --root {cfg.data.root} "
+                    f"--split {split}`)") if len(problems) > 1 else ""
+            raise DataError(problems[0].path, problems[0].problem + more)
 
 
 def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
@@ -65,7 +73,7 @@ def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
                                            checkpoint_score_attribute="val_miou",
                                            checkpoint_score_order="max"),
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-        callbacks=list(callbacks))
+        callbacks=[*callbacks, StopOnDataError()])  # bad data: no retries
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                         scaling_config=scaling, run_config=run_config,
                         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"))
@@ -87,8 +95,14 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
     loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
                    "store_name": store_actor_name(run_name) if store is not None else None}
     try:
-        result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
-                               callbacks=callbacks).fit()
+        try:
+            result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
+                                   callbacks=callbacks).fit()
+        except ray.train.ControllerError as error:  # StopOnDataError ended the run
+            data_error = data_error_of_run(error)
+            if data_error is None:
+                raise
+            raise data_error from None
         if result.error is not None:
             raise result.error
         best = result.get_best_checkpoint(metric="val_miou", mode="max")

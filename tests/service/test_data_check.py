@@ -1,0 +1,108 @@
+"""Bad data on Ray: a split checked by Ray tasks, the header check before training, and a
+bad file met by a Train worker ending the run at once instead of being retried."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from pdml_ray.data import DataError, ensure_synthetic, generate_scenes
+from pdml_ray.service.data_check import as_data_error, check_split
+from pdml_ray.service.driver import prepare_data, run_training
+from tests.helpers import only_run, tiny_config
+
+
+def train_file(root: Path, kind: str, index: int) -> Path:
+    folder, suffix = {"image": ("images", ".jpg"), "label": ("annotations", ".png")}[kind]
+    return root / folder / "training" / f"synthetic_train_{index:05d}{suffix}"
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-300])  # the header intact, the body cut short
+
+
+class _Broken(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise DataError("/data/x.jpg", "cannot decode image (corrupt or truncated file?): boom")
+
+
+def test_a_data_error_from_a_dataloader_process_is_recognised():
+    """torch re-raises a DataLoader process's DataError as RuntimeError (it cannot rebuild
+    a two-argument exception); the file and the problem are read back from its text."""
+    with pytest.raises(RuntimeError) as raised:
+        next(iter(DataLoader(_Broken(), num_workers=1)))
+    found = as_data_error(raised.value)
+    assert isinstance(found, DataError)
+    assert (found.source, found.problem) == ("/data/x.jpg", "cannot decode image (corrupt or "
+                                                            "truncated file?): boom")
+    assert as_data_error(RuntimeError("CUDA out of memory")) is None
+
+
+def test_training_reads_every_header_before_workers_start(tmp_path, mlflow_uri):
+    cfg = tiny_config(tmp_path, tmp_path / "synthetic", mlflow_uri)
+    ensure_synthetic(cfg.data)
+    root = Path(cfg.data.root)
+    rgb_label = train_file(root, "label", 2)
+    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(rgb_label)
+    short_label = root / "annotations" / "training" / "synthetic_train_00007.png"
+    Image.open(short_label).resize((48, 20), Image.NEAREST).save(short_label)
+    with pytest.raises(DataError) as refused:
+        prepare_data(cfg)
+    assert str(refused.value) == (
+        f"{rgb_label}: label map PNG has mode RGB; expected a single-channel PNG of class ids "
+        f"(mode L, P, I;16, I;16L, I;16B, I) (and 1 more; list them all with `python -m "
+        f"jobs.check_data --dataset synthetic --root {root} --split train`)")
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.ray
+def test_a_split_is_checked_on_ray_tasks(ray_cluster, tmp_path):
+    root = tmp_path / "scenes"
+    generate_scenes(root, train=6, val=2, size=32, seed=1)
+    truncate(train_file(root, "image", 1))
+    values = np.array(Image.open(train_file(root, "label", 4)))
+    values[0, 0] = 99
+    Image.fromarray(values).save(train_file(root, "label", 4))
+
+    on_ray = check_split("synthetic", str(root), "train", local_below=0, chunk_size=2)
+    in_process = check_split("synthetic", str(root), "train")
+    assert (on_ray.tasks, in_process.tasks, on_ray.items) == (3, 0, 6)
+    assert on_ray.problems == in_process.problems
+    assert [path for path, _ in on_ray.problems] == [str(train_file(root, "label", 4)),
+                                                     str(train_file(root, "image", 1))]
+    assert on_ray.problems[0].problem == ("label value(s) 99 outside 0..8 (0 and 255: ignore; "
+                                          "synthetic has 8 classes)")
+
+
+def _train_workers_started() -> int:
+    from ray.util.state import list_actors
+
+    return len(list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000,
+                           raise_on_missing_output=False))
+
+
+@pytest.mark.ray
+def test_a_bad_file_met_by_a_worker_stops_the_run_without_retries(ray_cluster, tmp_path,
+                                                                  mlflow_uri):
+    """max_failures=2 would start the two workers three times; a DataError starts them once."""
+    cfg = tiny_config(tmp_path, tmp_path / "synthetic", mlflow_uri, train={"epochs": 1},
+                      ray={"run_name": "bad-data-no-retry", "max_failures": 2},
+                      mlflow={"register": False})
+    ensure_synthetic(cfg.data)
+    image = train_file(Path(cfg.data.root), "image", 5)
+    truncate(image)  # passes the header check: only decoding finds it, in a worker
+
+    before = _train_workers_started()
+    with pytest.raises(DataError) as stopped:
+        run_training(cfg)
+    assert stopped.value.source == str(image)
+    assert stopped.value.problem.startswith("cannot decode image (corrupt or truncated file?): ")
+    assert _train_workers_started() - before == cfg.ray.num_workers
+    assert only_run(mlflow_uri, cfg.mlflow.experiment).info.status == "FAILED"
