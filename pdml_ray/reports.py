@@ -101,6 +101,47 @@ def overlay(image: np.ndarray, class_map: np.ndarray, palette: Palette,
     return canvas
 
 
+def prediction_grid(images, truths, predictions, palette: Palette, *,
+                    cell_height: int = 128, gap: int = 2) -> np.ndarray:
+    """Rows of image | ground truth | prediction as one ``uint8 (rows, width, 3)`` picture.
+
+    Args:
+        images: N ``uint8 (H_i, W_i, 3)`` RGB images (arrays or tensors; a stacked
+            ``(N, H, W, 3)`` works too).
+        truths: N ``(H_i, W_i)`` class ids, 255 = unlabelled (drawn black).
+        predictions: N ``(H_i, W_i)`` predicted class ids.
+        cell_height: every row is scaled to this height, keeping its aspect ratio
+            (bilinear for the image, nearest for the class maps).
+        gap: white pixels between cells and rows.
+
+    Returns:
+        ``N * cell_height + (N - 1) * gap`` rows; the width of the widest row
+        (``3 * cell width + 2 * gap``), narrower rows padded white on the right.
+    """
+    if not len(images) or not len(images) == len(truths) == len(predictions):
+        raise ValueError(f"need as many images, truths and predictions, at least one; got "
+                         f"{len(images)}, {len(truths)}, {len(predictions)}")
+    rows = []
+    for image, truth, prediction in zip(images, truths, predictions):
+        image, truth, prediction = (np.asarray(image), np.asarray(truth), np.asarray(prediction))
+        if not image.shape[:2] == truth.shape == prediction.shape:
+            raise ValueError(f"image {image.shape[:2]}, truth {truth.shape} and prediction "
+                             f"{prediction.shape} differ in size")
+        height, width = truth.shape
+        size = (max(1, round(width * cell_height / height)), cell_height)
+        cells = [np.asarray(Image.fromarray(image.astype(np.uint8)).resize(size, Image.BILINEAR)),
+                 *(np.asarray(Image.fromarray(colorize(ids, palette)).resize(size, Image.NEAREST))
+                   for ids in (truth, prediction))]
+        spacer = np.full((cell_height, gap, 3), 255, dtype=np.uint8)
+        rows.append(np.concatenate([cells[0], spacer, cells[1], spacer, cells[2]], axis=1))
+    width = max(row.shape[1] for row in rows)
+    grid = np.full((len(rows) * cell_height + (len(rows) - 1) * gap, width, 3), 255, np.uint8)
+    for index, row in enumerate(rows):
+        top = index * (cell_height + gap)
+        grid[top:top + cell_height, :row.shape[1]] = row
+    return grid
+
+
 def png_bytes(image: Image.Image) -> bytes:
     """The PNG encoding of ``image`` (palette and mode kept)."""
     buffer = io.BytesIO()

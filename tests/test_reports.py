@@ -13,9 +13,10 @@ from PIL import Image
 
 from pdml_ray.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 from pdml_ray.metrics import ConfusionMatrix
-from pdml_ray.reports import (class_id_image, colorize, iou_table_csv, iou_table_markdown,
-                              overlay, plot_distance_histograms, png_bytes, row_normalized,
-                              save_figure, write_evaluation_report)
+from pdml_ray.reports import (IGNORE_COLOR, class_id_image, colorize, iou_table_csv,
+                              iou_table_markdown, overlay, plot_distance_histograms, png_bytes,
+                              prediction_grid, row_normalized, save_figure,
+                              write_evaluation_report)
 
 CLASSES, PALETTE = SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 
@@ -125,3 +126,35 @@ def test_distance_histograms_figure(tmp_path):
     assert len(figure.axes) == 2
     image = Image.open(save_figure(figure, tmp_path / "hist.png"))
     assert image.width > image.height  # two panels side by side
+
+
+def test_prediction_grid_rows_are_image_truth_prediction_at_one_height():
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (10, 20, 3), dtype=np.uint8),
+              rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)]
+    truths = [class_map(10, 20, seed=2), np.full((20, 20), 255)]
+    truths[0][0, 0] = 255  # unlabelled: black
+    predictions = [torch.as_tensor(class_map(10, 20, seed=3)), torch.full((20, 20), 4)]
+    grid = prediction_grid([torch.as_tensor(images[0]), images[1]], truths, predictions,
+                           PALETTE, cell_height=20, gap=2)
+
+    # Row 1 (10x20 scaled x2 to 20x40) is the widest: 3 cells of 40 and 2 gaps.
+    assert grid.shape == (2 * 20 + 2, 3 * 40 + 2 * 2, 3) and grid.dtype == np.uint8
+    first_truth = grid[:20, 42:82]
+    assert np.array_equal(first_truth[::2, ::2], colorize(truths[0], PALETTE))  # nearest x2
+    assert np.array_equal(grid[:20, 84:124][::2, ::2], colorize(predictions[0].numpy(), PALETTE))
+    assert (first_truth[0, 0] == IGNORE_COLOR).all()
+    # Row 2 (square) keeps its size; its prediction is one colour; the rest is white.
+    second = grid[22:42]
+    assert np.array_equal(second[:, :20], images[1])
+    assert (second[:, 22:42] == IGNORE_COLOR).all()
+    assert (second[:, 44:64] == np.asarray(PALETTE[4], dtype=np.uint8)).all()
+    assert (second[:, 64:] == 255).all() and (grid[20:22] == 255).all()
+
+
+def test_prediction_grid_refuses_mismatched_inputs():
+    with pytest.raises(ValueError, match="differ in size"):
+        prediction_grid([np.zeros((4, 4, 3), np.uint8)], [np.zeros((4, 5))], [np.zeros((4, 4))],
+                        PALETTE)
+    with pytest.raises(ValueError, match="as many"):
+        prediction_grid([], [], [], PALETTE)
