@@ -21,9 +21,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder that relative paths and the default MLflow store live in "
                         "(default: $PDML_PROJECT_DIR or the current folder; under ray job "
                         "submit pass --project-dir \"$PWD\")")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's and MLflow's own log lines, with times "
+                        "(same as PDML_LOG_LEVEL=DEBUG)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    if getattr(args, "verbose", False):
+        os.environ["PDML_LOG_LEVEL"] = "DEBUG"  # inherited by a local Ray's workers
     base = project_dir(args.project_dir)
     os.environ["PDML_PROJECT_DIR"] = str(base)  # so trials and workers anchor paths the same way
     return resolve_paths(load_config(args.config, args.overrides), base)

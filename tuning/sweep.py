@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from jobs.cli import add_config_arguments, config_from_args, run_cli
+from pdml_ray.config import Config, resolve_paths
 
 
 def main() -> int:
@@ -22,12 +23,14 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
+    from pdml_ray.console import settings_summary
     from pdml_ray.service.runtime import configure_logging, ray_session
     from pdml_ray.service.sweep import run_sweep, table_markdown
     from pdml_ray.service.tracking import check_tracking_store
 
     configure_logging()
     check_tracking_store(cfg.mlflow.tracking_uri)  # fail in seconds, before Ray starts
+    print(settings_summary(cfg, resolve_paths(Config()), include_sweep=True), flush=True)
     with ray_session(cfg.ray.address):
         result = run_sweep(cfg)
     print(f"\nsweep {result.name}: {len(result.table)} trials "

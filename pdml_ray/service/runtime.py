@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 import ray
 
+from pdml_ray import console
+
 log = logging.getLogger(__name__)
 
 
@@ -44,24 +46,38 @@ def start_local_ray(**init_kwargs: Any) -> str:
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Use the caller's Ray if already initialised; else connect to ``address`` /
     ``RAY_ADDRESS`` (set by ``ray job submit``), else start a private local Ray that is
-    shut down on exit. Usage statistics stay off."""
+    shut down on exit. Usage statistics stay off.
+
+    Unless ``PDML_LOG_LEVEL`` asks for INFO or DEBUG (``--verbose``), the output of Ray's
+    workers and actors stays in Ray's log files instead of reaching this console: the
+    Train controller's and workers' internal lines, Ray core's warnings from C++ (the
+    PreemptionWatcher's "constructor arguments in the object store"). Errors still reach
+    the driver as the exceptions ``fit()`` raises, our workers' warnings through
+    :mod:`pdml_ray.service.progress`."""
     if ray.is_initialized():
         yield
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
+    loud = console.verbose()
+    options = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **options)
     else:
         log.info("no Ray cluster given: starting a local one")
-        start_local_ray(log_to_driver=True)
+        start_local_ray(**options)
     try:
         yield
     finally:
         ray.shutdown()
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: int | None = None) -> None:
+    """The console of a job: as ``PDML_LOG_LEVEL`` says (:func:`console.configure_logging`),
+    or every logger at an explicit ``level`` with time and source."""
+    if level is None:
+        console.configure_logging()
+        return
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("alembic", "urllib3", "filelock"):
