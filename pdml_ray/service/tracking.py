@@ -137,6 +137,20 @@ def find_run(cfg: Config, ray_run_name: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
+def run_tags(cfg: Config) -> dict[str, str]:
+    """What a run is, at a glance in the runs table: dataset, backbone, supervision mode
+    and where PDML triplets are mined (``none`` without PDML)."""
+    return {"pdml.dataset": cfg.data.dataset, "pdml.backbone": cfg.model.backbone,
+            "pdml.supervision": cfg.train.supervision,
+            "pdml.mining": cfg.loss.mining if cfg.uses_pdml else "none"}
+
+
+def mlflow_run_name(cfg: Config, ray_run_name: str) -> str:
+    """``point+pdml+ext pdml-20250101-120000-ab12``: the supervision mode first, so runs
+    of different modes tell apart in the UI's run list and chart legends."""
+    return f"{cfg.train.supervision} {ray_run_name}"
+
+
 def start_run(cfg: Config, *, ray_run_name: str, parent_run_id: str | None = None,
               tags: Mapping[str, str] | None = None) -> str:
     """The MLflow run for this Ray run: reused when the name was seen before (resume)."""
@@ -147,10 +161,10 @@ def start_run(cfg: Config, *, ray_run_name: str, parent_run_id: str | None = Non
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         log.info("resuming MLflow run %s for Ray run %s", run_id, ray_run_name)
         return run_id
-    all_tags = {RUN_NAME_TAG: ray_run_name, **(tags or {})}
+    all_tags = {RUN_NAME_TAG: ray_run_name, **run_tags(cfg), **(tags or {})}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
-    run = client.create_run(exp_id, run_name=ray_run_name, tags=all_tags)
+    run = client.create_run(exp_id, run_name=mlflow_run_name(cfg, ray_run_name), tags=all_tags)
     params = [Param(key, _param_value(value)) for key, value in cfg.flat().items()]
     for start in range(0, len(params), 100):  # log_batch takes at most 100 params
         client.log_batch(run.info.run_id, params=params[start:start + 100])
@@ -220,9 +234,36 @@ class MetricLogger:
             self.failing_since = None
         return True
 
+    def log_image(self, image, key: str, step: int) -> None:
+        """An image MLflow shows by step (the run's Artifacts tab, ``images/``, and its
+        image charts); a failure is a warning, not the end of training."""
+        try:
+            with fail_fast_http():
+                self.client.log_image(self.run_id, image, key=key, step=step, synchronous=True)
+        except Exception as exc:
+            log.warning("could not log image %s of step %d to MLflow: %s", key, step, exc)
+
     def log_artifact_text(self, text: str, artifact_file: str) -> None:
         try:
             with fail_fast_http():
                 self.client.log_text(self.run_id, text, artifact_file)
         except Exception as exc:
             log.warning("could not log artifact %s to MLflow: %s", artifact_file, exc)
+
+
+def start_system_metrics(uri: str, run_id: str, *, every_s: float = 10.0):
+    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU where pynvml
+    finds one) on this process's node, logging as ``system/...`` into ``run_id`` every
+    ``every_s`` seconds until its ``finish()``; a resumed run continues its steps.
+    None, with a warning, when the store cannot be reached now: training goes on."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    try:
+        with fail_fast_http():
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s,
+                                           resume_logging=True, tracking_uri=uri)
+    except Exception as exc:
+        log.warning("system metrics not logged: %s", exc)
+        return None
+    monitor.start()
+    return monitor

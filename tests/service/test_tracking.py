@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 
+import numpy as np
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from pdml_ray.service.tracking import MetricLogger
+from pdml_ray.service.tracking import RUN_NAME_TAG, MetricLogger, start_run, start_system_metrics
+from tests.helpers import tiny_config, wait_for
 
 
 def refused_uri() -> str:
@@ -49,3 +52,56 @@ def test_retry_waits_retry_every_s_after_a_failure(mlflow_uri):
     for step in range(1, 4):
         logger.log({"loss": 1.0}, step=step)
     assert len(attempts) == 1 and len(logger.buffer) == 3  # one try, then buffered quietly
+
+
+def test_a_run_says_what_it_is_in_its_name_and_tags(tmp_path, mlflow_uri):
+    cfg = tiny_config(tmp_path, tmp_path / "scenes", mlflow_uri,
+                      train={"supervision": "point+pdml"}, loss={"mining": "global+store"})
+    run = MlflowClient(mlflow_uri).get_run(start_run(cfg, ray_run_name="pdml-run-1"))
+    assert run.info.run_name == "point+pdml pdml-run-1"
+    assert {key: run.data.tags[key] for key in ("pdml.dataset", "pdml.backbone",
+                                                "pdml.supervision", "pdml.mining")} == {
+        "pdml.dataset": "synthetic", "pdml.backbone": "resnet18",
+        "pdml.supervision": "point+pdml", "pdml.mining": "global+store"}
+    assert run.data.tags[RUN_NAME_TAG] == "pdml-run-1"
+
+    point_only = cfg.replace(**{"train.supervision": "point", "ray.run_name": None})
+    run = MlflowClient(mlflow_uri).get_run(start_run(point_only, ray_run_name="pdml-run-2"))
+    assert run.info.run_name == "point pdml-run-2"
+    assert run.data.tags["pdml.mining"] == "none"  # no PDML, no triplets to mine
+
+
+def test_images_are_logged_by_step_and_a_failure_is_only_a_warning(tmp_path, mlflow_uri,
+                                                                   caplog):
+    store = MlflowClient(mlflow_uri)
+    run_id = store.create_run(store.create_experiment("images")).info.run_id
+    logger = MetricLogger(mlflow_uri, run_id)
+    picture = np.zeros((6, 9, 3), dtype=np.uint8)
+    picture[:, :3] = 255
+    for step in (4, 8):
+        logger.log_image(picture, key="val_predictions", step=step)
+    names = sorted(a.path for a in store.list_artifacts(run_id, "images"))
+    pngs = [name for name in names if name.endswith(".png")]
+    assert [name.split("+")[:3] for name in pngs] == [["images/val_predictions", "step", "4"],
+                                                      ["images/val_predictions", "step", "8"]]
+    saved = np.asarray(Image.open(store.download_artifacts(run_id, pngs[0], str(tmp_path))))
+    assert np.array_equal(saved[..., :3], picture)
+
+    down = MetricLogger(refused_uri(), run_id)
+    with caplog.at_level(logging.WARNING, logger="pdml_ray.service.tracking"):
+        down.log_image(picture, key="val_predictions", step=12)
+    assert "could not log image val_predictions of step 12" in caplog.records[-1].getMessage()
+
+
+def test_system_metrics_go_to_the_run(mlflow_uri):
+    store = MlflowClient(mlflow_uri)
+    run_id = store.create_run(store.create_experiment("system")).info.run_id
+    monitor = start_system_metrics(mlflow_uri, run_id, every_s=0.2)
+    try:
+        wait_for(lambda: store.get_metric_history(run_id, "system/cpu_utilization_percentage"),
+                 timeout_s=60, what="system metrics in the run")
+    finally:
+        monitor.finish()
+    metrics = store.get_run(run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        metrics)
