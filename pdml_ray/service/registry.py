@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from pdml_ray.config import Config
+from pdml_ray.config import Config, ConfigError
 from pdml_ray.data import dataset_class
 from pdml_ray.service.pyfunc_model import CONFIG_FILE, DATA_FOLDER, WEIGHTS_FILE
 from pdml_ray.service.tracking import experiment_id, tracking_uri_scope
@@ -120,15 +121,47 @@ def champion_score(client: MlflowClient, name: str, alias: str) -> tuple[str, fl
 
 def promote_if_better(client: MlflowClient, name: str, version: str, val_miou: float, *,
                       alias: str = "champion") -> bool:
-    """Move ``alias`` to ``version`` only if its val mIoU beats the current holder's."""
+    """Move ``alias`` to ``version`` only if its val mIoU beats the current holder's.
+
+    MLflow has no compare-and-set for aliases: two runs finishing together both read the
+    same holder, and the one that writes last wins even if it is the worse. So after
+    moving the alias this re-reads it and, if a worse version holds it, puts it on the
+    best version registered since the holder that was compared against (any version when
+    there was none). Returns whether ``version`` holds the alias at the end.
+    """
     current = champion_score(client, name, alias)
     if current is not None and current[1] >= val_miou:
         log.info("%s@%s stays at version %s (val mIoU %.4f >= %.4f)", name, alias, current[0],
                  current[1], val_miou)
         return False
     client.set_registered_model_alias(name, alias, version)
-    log.info("%s@%s -> version %s (val mIoU %.4f)", name, alias, version, val_miou)
-    return True
+    holder = _settle_alias(client, name, alias, since=current[0] if current else None)
+    if holder == str(version):
+        log.info("%s@%s -> version %s (val mIoU %.4f)", name, alias, version, val_miou)
+    else:
+        log.info("%s@%s -> version %s, registered meanwhile with a better val mIoU than "
+                 "version %s (%.4f)", name, alias, holder, version, val_miou)
+    return holder == str(version)
+
+
+def _settle_alias(client: MlflowClient, name: str, alias: str, since: str | None,
+                  rounds: int = 5) -> str | None:
+    """Re-read ``alias`` until it holds the best-scored version newer than ``since``;
+    returns the version holding it."""
+    holder = None
+    for _ in range(rounds):
+        scored = [(float(v.tags[VAL_MIOU_TAG]), -int(v.version), str(v.version))
+                  for v in client.search_model_versions(f"name = {filter_value(name)}")
+                  if VAL_MIOU_TAG in v.tags and (since is None or int(v.version) > int(since))]
+        current = champion_score(client, name, alias)
+        holder = current[0] if current else None
+        if not scored or current is None:  # nothing to compare, or the alias was removed
+            return holder
+        best_score, _, best = max(scored)  # ties: the older version, as a tie keeps the holder
+        if str(holder) == best or current[1] >= best_score:
+            return str(holder)
+        client.set_registered_model_alias(name, alias, best)
+    return str(holder) if holder is not None else None
 
 
 # -- finding, describing and loading registered models ---------------------------------
@@ -149,7 +182,19 @@ class ModelRef:
     path: str | None = None
 
 
-URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model"
+URI_FORMS = ("models:/NAME@ALIAS, models:/NAME/VERSION, models:/NAME/latest or "
+             "runs:/RUN_ID/model")
+LATEST = "latest"  # MLflow's models:/NAME/latest: the highest version number
+
+
+def filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow filter string (``name = 'x'``); a value holding both
+    quote characters cannot be written in one, and is refused."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ModelNotFound(f"{value}: holds both ' and \", which an MLflow search cannot match")
 
 
 def parse_model_uri(uri: str) -> ModelRef:
@@ -164,6 +209,8 @@ def parse_model_uri(uri: str) -> ModelRef:
             name, version = rest.split("/")
             if name and version.isdigit():
                 return ModelRef(uri, name=name, version=str(int(version)))
+            if name and version == LATEST:
+                return ModelRef(uri, name=name, version=LATEST)
     elif uri.startswith("runs:/"):
         run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
         if run_id and path:
@@ -190,14 +237,15 @@ def resolve_model_version(client: MlflowClient, uri: str) -> ModelVersion:
     """The registered ``ModelVersion`` a model URI points at.
 
     ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` are looked up directly;
-    ``runs:/RUN_ID/...`` gives the newest version registered from that run.
+    ``models:/NAME/latest`` and ``runs:/RUN_ID/...`` give the newest version of that
+    model or registered from that run.
 
     Raises:
         ModelNotFound: unknown model, version, alias or run, naming what exists instead.
     """
     ref = parse_model_uri(uri)
     if ref.run_id is not None:
-        versions = client.search_model_versions(f"run_id = '{ref.run_id}'")
+        versions = client.search_model_versions(f"run_id = {filter_value(ref.run_id)}")
         if versions:
             return max(versions, key=lambda version: int(version.version))
         try:
@@ -212,11 +260,16 @@ def resolve_model_version(client: MlflowClient, uri: str) -> ModelVersion:
             raise ModelNotFound(f"{uri}: model {ref.name!r} has no alias @{ref.alias} (aliases: "
                                 f"{_aliases_text(model)})")
         return client.get_model_version_by_alias(ref.name, ref.alias)
+    if ref.version == LATEST:
+        versions = client.search_model_versions(f"name = {filter_value(ref.name)}")
+        if not versions:
+            raise ModelNotFound(f"{uri}: model {ref.name!r} has no versions")
+        return max(versions, key=lambda version: int(version.version))
     try:
         return client.get_model_version(ref.name, ref.version)
     except mlflow.exceptions.MlflowException:
         versions = sorted(int(v.version) for v in
-                          client.search_model_versions(f"name = '{ref.name}'"))
+                          client.search_model_versions(f"name = {filter_value(ref.name)}"))
         raise ModelNotFound(f"{uri}: model {ref.name!r} has no version {ref.version} (versions: "
                             f"{', '.join(map(str, versions)) or 'none'})") from None
 
@@ -239,7 +292,7 @@ def list_versions(client: MlflowClient, name: str) -> list[VersionRow]:
     for alias, version in sorted(model.aliases.items()):
         holders.setdefault(str(version), []).append(alias)
     rows = []
-    for version in client.search_model_versions(f"name = '{name}'"):
+    for version in client.search_model_versions(f"name = {filter_value(name)}"):
         score = version.tags.get(VAL_MIOU_TAG)
         rows.append(VersionRow(int(version.version), float(score) if score is not None else None,
                                version.run_id or "", int(version.creation_timestamp or 0),
@@ -247,10 +300,28 @@ def list_versions(client: MlflowClient, name: str) -> list[VersionRow]:
     return sorted(rows, key=lambda row: -row.version)
 
 
+class InvalidAlias(ConfigError):
+    """An alias MLflow would refuse; the message says which names it takes."""
+
+
+ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+def check_alias(alias: str) -> None:
+    """Refuse, before anything is read or moved, an alias MLflow would not store."""
+    if ALIAS.fullmatch(alias) is None:
+        raise InvalidAlias(f"--alias {alias!r}: an alias is 1 to 255 letters, digits, '_' or "
+                           "'-'")
+    if alias.lower() == LATEST or re.fullmatch(r"[vV]\d+", alias):
+        raise InvalidAlias(f"--alias {alias!r}: reserved by MLflow (models:/NAME/latest and "
+                           "version numbers such as v3); choose another name")
+
+
 def move_alias(client: MlflowClient, uri: str, alias: str) -> tuple[ModelVersion, str | None]:
     """Point ``alias`` at the version ``uri`` names, whatever its score (an explicit
     choice, unlike :func:`promote_if_better`); returns (that version, previous holder's
     version or None)."""
+    check_alias(alias)
     version = resolve_model_version(client, uri)
     previous = champion_score(client, version.name, alias)
     client.set_registered_model_alias(version.name, alias, version.version)
@@ -311,7 +382,7 @@ def _download_uri(client: MlflowClient, uri: str) -> tuple[str, ModelVersion | N
     its version first, so an alias moving meanwhile cannot mix two versions' files."""
     ref = parse_model_uri(uri)
     if ref.run_id is not None:
-        versions = client.search_model_versions(f"run_id = '{ref.run_id}'")
+        versions = client.search_model_versions(f"run_id = {filter_value(ref.run_id)}")
         return uri, max(versions, key=lambda v: int(v.version)) if versions else None
     version = resolve_model_version(client, uri)
     return f"models:/{version.name}/{version.version}", version

@@ -9,8 +9,9 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pdml_ray.service.registry import (VAL_MIOU_TAG, ModelNotFound, list_versions, move_alias,
-                                       parse_model_uri, remove_alias, resolve_model_version)
+from pdml_ray.service.registry import (VAL_MIOU_TAG, InvalidAlias, ModelNotFound, list_versions,
+                                       move_alias, parse_model_uri, remove_alias,
+                                       resolve_model_version)
 from tests.helpers import run_job
 
 NAME = "pdml-scene-parser"
@@ -53,16 +54,18 @@ def registry(store):
     ("models:/m@champion", {"name": "m", "alias": "champion"}),
     ("models:/m/12", {"name": "m", "version": "12"}),
     ("runs:/abc123/model", {"run_id": "abc123", "path": "model"}),
+    ("models:/m/latest", {"name": "m", "version": "latest"}),
 ])
 def test_model_uri_forms(uri, parts):
     ref = parse_model_uri(uri)
     assert {key: getattr(ref, key) for key in parts} == parts
 
 
-@pytest.mark.parametrize("uri", ["m", "models:/m", "models:/m/latest", "models:/@x", "runs:/abc",
-                                 "s3://bucket/model"])
+@pytest.mark.parametrize("uri", ["m", "models:/m", "models:/m/newest", "models:/@x", "runs:/abc",
+                                 "s3://bucket/model", "models:/m/latest/x"])
 def test_other_uris_are_refused_with_the_accepted_forms(uri):
-    with pytest.raises(ModelNotFound, match="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/"):
+    with pytest.raises(ModelNotFound, match="models:/NAME@ALIAS, models:/NAME/VERSION, "
+                                            "models:/NAME/latest or runs:/"):
         parse_model_uri(uri)
 
 
@@ -71,6 +74,8 @@ def test_resolve_by_alias_version_and_run(registry):
     assert str(resolve_model_version(client, f"models:/{NAME}@champion").version) == "2"
     assert resolve_model_version(client, f"models:/{NAME}/3").run_id == runs[2]
     assert str(resolve_model_version(client, f"runs:/{runs[0]}/model").version) == "1"
+    # MLflow's own form for the newest version: the highest number, not the champion.
+    assert str(resolve_model_version(client, f"models:/{NAME}/latest").version) == "3"
 
 
 @pytest.mark.parametrize("uri, message", [
@@ -81,6 +86,10 @@ def test_resolve_by_alias_version_and_run(registry):
     ("models:/other@champion", rf"models:/other@champion: no registered model 'other' "
                                rf"\(registered models: .*{NAME}.*\)"),
     (f"runs:/{'0' * 32}/model", rf"runs:/{'0' * 32}/model: no run {'0' * 32}"),
+    # An apostrophe used to end the MLflow filter string early (MlflowException traceback).
+    ("runs:/ab'c/model", r"runs:/ab'c/model: no run ab'c in the tracking store"),
+    ("models:/it's/3", r"models:/it's/3: no registered model \"it's\""),
+    ("models:/it's/latest", r"models:/it's/latest: no registered model \"it's\""),
 ])
 def test_unknown_names_say_what_exists(registry, uri, message):
     client, _ = registry
@@ -111,6 +120,38 @@ def test_list_move_and_remove(store):
     assert set(client.get_registered_model(name).aliases) == {"staging"}
     with pytest.raises(ModelNotFound, match="no alias @champion"):
         remove_alias(client, name, "champion")
+
+
+def test_latest_of_a_model_without_versions(store):
+    _, client, _ = store
+    client.create_registered_model("empty")
+    with pytest.raises(ModelNotFound, match=r"models:/empty/latest: model 'empty' has no versions"):
+        resolve_model_version(client, "models:/empty/latest")
+
+
+def test_versions_of_a_name_with_an_apostrophe_are_found(store):
+    _, client, _ = store
+    name = "o'brien"
+    register_three(client, name)
+    assert [row.version for row in list_versions(client, name)] == [3, 2, 1]
+    assert str(resolve_model_version(client, f"models:/{name}/latest").version) == "3"
+    with pytest.raises(ModelNotFound, match=r"model \"o'brien\" has no version 9 \(versions: "
+                                            r"1, 2, 3\)"):
+        resolve_model_version(client, f"models:/{name}/9")
+
+
+@pytest.mark.parametrize("alias, message", [
+    ("best model", r"--alias 'best model': an alias is 1 to 255 letters, digits, '_' or '-'"),
+    ("it's", r"""--alias "it's": an alias is 1 to 255 letters"""),
+    ("latest", r"--alias 'latest': reserved by MLflow"),
+    ("v2", r"--alias 'v2': reserved by MLflow"),
+])
+def test_promote_to_an_invalid_alias_is_refused_before_anything_moves(store, alias, message):
+    _, client, _ = store
+    with pytest.raises(InvalidAlias, match=message):
+        move_alias(client, f"models:/{NAME}/1", alias)
+    assert {a: str(v) for a, v in client.get_registered_model(NAME).aliases.items()} == {
+        "champion": "2"}
 
 
 def test_registry_commands(store):
@@ -144,3 +185,9 @@ def test_registry_commands(store):
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == (
         f"error: models:/{name}/7: model '{name}' has no version 7 (versions: 1, 2, 3)")
+
+    bad_alias = run_job("jobs.registry", "promote", f"models:/{name}/1", "--alias", "best model",
+                        *config)
+    assert bad_alias.returncode == 2 and "Traceback" not in bad_alias.stderr
+    assert bad_alias.stderr.strip().splitlines()[-1] == (
+        "error: --alias 'best model': an alias is 1 to 255 letters, digits, '_' or '-'")
