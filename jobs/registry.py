@@ -127,6 +127,9 @@ def main() -> int:
 
     from mlflow.tracking import MlflowClient
 
+    from pdml_ray.service.preflight import check_store_readable
+
+    check_store_readable(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries
     client = MlflowClient(cfg.mlflow.tracking_uri)
     {"list": list_command, "show": show_command, "promote": promote_command,
      "demote": demote_command}[args.command](client, args, cfg)

@@ -28,9 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
-def job(*args: str) -> subprocess.CompletedProcess:
-    """A job that starts no Ray (it fails before), run as a user runs it."""
+def job(*args: str, tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+    """A job that starts no Ray (it fails before), run as a user runs it; ``tracking_uri``
+    as MLFLOW_TRACKING_URI."""
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    if tracking_uri is not None:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -208,8 +211,12 @@ def test_label_map_of_another_size_than_its_image(scenes, tmp_path):
 
 
 def test_unknown_model_uri_is_refused_by_evaluate(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    MlflowClient(uri).search_experiments()  # an empty store
     result = job("jobs.evaluate", "--model", "models:/nope@champion", "--project-dir",
-                 str(tmp_path), "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'm.db'}")
+                 str(tmp_path), "--set", f"mlflow.tracking_uri={uri}")
     errors = error_lines(result)
     # jobs.evaluate is being reworked: its wording may change, the one named line may not.
     assert len(errors) == 1 and "models:/nope@champion" in errors[0]
@@ -223,6 +230,42 @@ def test_report_folder_that_is_a_file_is_refused_before_evaluating(tmp_path):
                  "--set", f"mlflow.tracking_uri=sqlite:///{store}")
     assert error_lines(result) == [f"error: {report}: is a file; --report must be a folder"]
     assert report.read_text() == "an earlier report" and not store.exists()
+
+
+READ_ONLY_JOBS = {
+    "predict": ("jobs.predict", "--input", "{photo}", "--out", "{tmp}/out"),
+    "evaluate": ("jobs.evaluate", "--report", "{tmp}/report"),
+    "registry-list": ("jobs.registry", "list"),
+    "registry-show": ("jobs.registry", "show", "models:/pdml-scene-parser/latest"),
+}
+
+
+def read_only_job(name: str, tmp_path: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    args = [arg.format(photo=photo, tmp=tmp_path) for arg in READ_ONLY_JOBS[name]]
+    return job(*args, "--project-dir", str(tmp_path), tracking_uri=tracking_uri)
+
+
+@pytest.mark.parametrize("name", sorted(READ_ONLY_JOBS))
+def test_read_only_jobs_against_an_unreachable_server_fail_in_one_line(name, tmp_path):
+    # It used to take minutes of MLflow's retries (predict: 509 s) and end in a traceback.
+    result = read_only_job(name, tmp_path, "http://127.0.0.1:9")
+    assert error_lines(result) == [
+        "error: MLflow tracking server http://127.0.0.1:9 is unreachable: <urlopen error "
+        "[Errno 111] Connection refused>. Check MLFLOW_TRACKING_URI / mlflow.tracking_uri."]
+
+
+@pytest.mark.parametrize("name", sorted(READ_ONLY_JOBS))
+def test_read_only_jobs_refuse_a_sqlite_store_that_does_not_exist(name, tmp_path):
+    # It used to create an empty database (and its folder), then find no model in it.
+    missing = tmp_path / "typo" / "mlflow.db"
+    result = read_only_job(name, tmp_path, f"sqlite:///{missing}")
+    assert error_lines(result) == [
+        f"error: MLflow store sqlite:///{missing}: no database file at {missing}; a model is "
+        "read from the store training wrote to: check MLFLOW_TRACKING_URI, "
+        "mlflow.tracking_uri and --project-dir (the default store is <project dir>/mlflow.db)"]
+    assert not missing.parent.exists()
 
 
 def test_make_synthetic_out_that_is_a_file(tmp_path):

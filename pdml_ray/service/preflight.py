@@ -1,0 +1,190 @@
+"""Checks made before a job starts work it could never finish.
+
+A run that asks for more workers than the cluster can ever hold would wait for Ray
+forever; a resumed run with other settings would continue under the old run's name and
+MLflow params; a read-only command pointed at a missing sqlite file would create an
+empty store and then report that nothing is registered. Each is refused here in seconds
+with one line that names what to change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from typing import Callable, Mapping
+
+import ray
+from ray._private import state as ray_state  # as Ray Train reads the autoscaler's maximum
+from mlflow.tracking import MlflowClient
+
+from pdml_ray.config import Config, ConfigError, load_config
+from pdml_ray.service.tracking import TrackingUnavailable, check_tracking_store, find_run
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_TIMEOUT_ENV = "PDML_SCHEDULE_TIMEOUT_S"
+DEFAULT_SCHEDULE_TIMEOUT_S = 600.0
+POLL_S = 5.0
+
+
+class ClusterTooSmall(ConfigError):
+    """The requested workers can never be scheduled on this cluster; names both figures."""
+
+
+def check_before_training(cfg: Config) -> None:
+    """What ``run_training`` checks once the tracking store answers: a resume asks for the
+    settings its run started with, and the cluster can hold the workers."""
+    check_same_run(cfg)
+    check_schedulable(cfg)
+
+
+# -- resources -------------------------------------------------------------------------
+def requested_resources(cfg: Config) -> dict[str, float]:
+    """What the Train workers of one run hold together: ``{"CPU": ..., "GPU": ...}``."""
+    need = {"CPU": cfg.ray.num_workers * cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        need["GPU"] = float(cfg.ray.num_workers)
+    return need
+
+
+def _shortfall(cfg: Config, have: Mapping[str, float], where: str) -> str | None:
+    need = requested_resources(cfg)
+    workers = cfg.ray.num_workers
+    if need["CPU"] > have.get("CPU", 0.0):
+        return (f"ray.num_workers x ray.cpus_per_worker: the run asks for {workers} workers x "
+                f"{cfg.ray.cpus_per_worker:g} CPU = {need['CPU']:g} CPUs, but {where} "
+                f"{have.get('CPU', 0.0):g} CPUs; lower ray.num_workers or ray.cpus_per_worker "
+                "(and train.batch_size with it), or use a bigger cluster")
+    if need.get("GPU", 0.0) > have.get("GPU", 0.0):
+        return (f"ray.num_workers with ray.use_gpu: the run asks for {workers} workers x 1 GPU "
+                f"= {need['GPU']:g} GPUs, but {where} {have.get('GPU', 0.0):g} GPUs; lower "
+                "ray.num_workers, or use a cluster with more GPUs")
+    return None
+
+
+def autoscaler_maximum() -> dict[str, float] | None:
+    """The most resources the autoscaler may bring up (from the cluster config the
+    autoscaler publishes), or None for a fixed cluster (a local Ray, `ray start` by hand)."""
+    maximum = ray_state.state.get_max_resources_from_cluster_config()
+    return {key: float(value) for key, value in maximum.items()} if maximum else None
+
+
+def schedule_timeout_s() -> float:
+    text = os.environ.get(SCHEDULE_TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text.strip() else DEFAULT_SCHEDULE_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{SCHEDULE_TIMEOUT_ENV}: expected a number of seconds >= 0, "
+                          f"got {text!r}")
+    return value
+
+
+def check_schedulable(cfg: Config, *, total: Callable[[], Mapping[str, float]] | None = None,
+                      maximum: Mapping[str, float] | None | bool = False,
+                      timeout_s: float | None = None, poll_s: float = POLL_S,
+                      sleep: Callable[[float], None] = time.sleep) -> None:
+    """Raise :class:`ClusterTooSmall` unless the cluster can hold the run's workers.
+
+    On a fixed cluster the total resources are compared at once. An autoscaling cluster
+    is refused at once when even its maximum is too small; otherwise its nodes are asked
+    for and awaited for up to $PDML_SCHEDULE_TIMEOUT_S (default 600 s). ``total``,
+    ``maximum`` (False: read from Ray) and ``sleep`` are for tests.
+    """
+    total = total or ray.cluster_resources
+    if maximum is False:
+        maximum = autoscaler_maximum()
+    if maximum is None:
+        problem = _shortfall(cfg, total(), "the Ray cluster (fixed size, no autoscaler) has")
+        if problem:
+            raise ClusterTooSmall(problem)
+        return
+    problem = _shortfall(cfg, maximum, "the autoscaler can bring up at most")
+    if problem:
+        raise ClusterTooSmall(problem)
+    if _shortfall(cfg, total(), "") is None:
+        return
+    timeout_s = schedule_timeout_s() if timeout_s is None else timeout_s
+    _request_nodes(cfg)
+    log.info("waiting up to %.0f s for the autoscaler to bring up %s (%s)", timeout_s,
+             requested_resources(cfg), SCHEDULE_TIMEOUT_ENV)
+    waited = 0.0
+    try:
+        while True:
+            have = total()
+            if _shortfall(cfg, have, "") is None:
+                return
+            if waited >= timeout_s:
+                raise ClusterTooSmall(_shortfall(
+                    cfg, have, f"after {waited:.0f} s ({SCHEDULE_TIMEOUT_ENV}) the autoscaling "
+                               "cluster still has"))
+            sleep(poll_s)
+            waited += poll_s
+    finally:
+        _request_nodes(None)  # the trainer's placement group is the demand from here on
+
+
+def _request_nodes(cfg: Config | None) -> None:
+    """Ask the autoscaler for the workers' bundles (None: withdraw the request)."""
+    from ray.autoscaler.sdk import request_resources
+
+    if cfg is None:
+        request_resources(bundles=[])
+        return
+    bundle = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1} if cfg.ray.use_gpu else {})}
+    request_resources(bundles=[bundle] * cfg.ray.num_workers)
+
+
+# -- resumes ---------------------------------------------------------------------------
+# Where a run happens, not what it computes: a run may resume on another cluster.
+RESUME_MAY_CHANGE = frozenset({"ray.address"})
+
+
+def changed_settings(cfg: Config, run_id: str, *, include_sweep: bool = False,
+                     may_change: frozenset[str] = RESUME_MAY_CHANGE) -> list[str] | None:
+    """``["train.lr: 0.002 -> 0.01", ...]``: every setting of ``cfg`` that differs from the
+    config the MLflow run ``run_id`` started with (its ``config.yaml``); None when the run
+    has no such file (a run logged before it was kept: nothing to compare)."""
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            original = load_config(client.download_artifacts(run_id, "config.yaml", folder))
+        except Exception as exc:
+            log.warning("cannot compare with the config MLflow run %s started with: %s",
+                        run_id, exc)
+            return None
+    before, now = original.flat(include_sweep=include_sweep), cfg.flat(include_sweep=include_sweep)
+    return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(now)
+            if before.get(key) != now.get(key) and key not in may_change]
+
+
+def check_same_run(cfg: Config) -> None:
+    """Refuse to resume Ray run ``ray.run_name`` with settings other than its own: its
+    checkpoint, MLflow params and registered model would disagree with what was trained."""
+    name = cfg.ray.run_name
+    run_id = find_run(cfg, name) if name else None
+    if run_id is None:
+        return
+    changed = changed_settings(cfg, run_id)
+    if changed:
+        raise ConfigError(f"ray.run_name: run {name!r} was started with other settings "
+                          f"({'; '.join(changed)}); resume it with its original settings, or "
+                          "give a new ray.run_name")
+
+
+# -- read-only commands ----------------------------------------------------------------
+def check_store_readable(uri: str) -> None:
+    """For commands that only read the registry (predict, evaluate, registry): the store
+    must exist and answer. A missing sqlite file is refused, not created empty; a server
+    gets one quick ``/health`` request (:func:`check_tracking_store`)."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if not os.path.isfile(path):
+            raise TrackingUnavailable(
+                f"MLflow store {uri}: no database file at {path}; a model is read from the "
+                "store training wrote to: check MLFLOW_TRACKING_URI, mlflow.tracking_uri "
+                "and --project-dir (the default store is <project dir>/mlflow.db)")
+    check_tracking_store(uri)

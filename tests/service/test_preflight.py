@@ -1,0 +1,125 @@
+"""Work that could never finish is refused before it starts: workers the cluster cannot
+hold, a resume with other settings, a read-only command on a store that is not there."""
+
+from __future__ import annotations
+
+import pytest
+
+from pdml_ray.config import ConfigError
+from pdml_ray.service import preflight
+from pdml_ray.service.preflight import (ClusterTooSmall, check_before_training,
+                                        check_schedulable, check_same_run, check_store_readable)
+from pdml_ray.service.tracking import TrackingUnavailable, start_run
+from tests.helpers import tiny_config
+
+
+@pytest.fixture
+def cfg(tmp_path, mlflow_uri):
+    return tiny_config(tmp_path, tmp_path / "synthetic", mlflow_uri)
+
+
+def fixed(resources):
+    return dict(total=lambda: resources, maximum=None)
+
+
+# -- resources ---------------------------------------------------------------------------
+def test_more_cpus_than_a_fixed_cluster_has_is_refused_naming_both(cfg):
+    cfg = cfg.replace(**{"ray.num_workers": 4, "train.batch_size": 4})
+    with pytest.raises(ClusterTooSmall) as refused:
+        check_schedulable(cfg, **fixed({"CPU": 2.0, "memory": 1e9}))
+    assert str(refused.value) == (
+        "ray.num_workers x ray.cpus_per_worker: the run asks for 4 workers x 1 CPU = 4 CPUs, "
+        "but the Ray cluster (fixed size, no autoscaler) has 2 CPUs; lower ray.num_workers or "
+        "ray.cpus_per_worker (and train.batch_size with it), or use a bigger cluster")
+    check_schedulable(cfg, **fixed({"CPU": 4.0}))  # exactly enough
+
+
+def test_gpus_are_counted_one_per_worker(cfg):
+    cfg = cfg.replace(**{"ray.use_gpu": True})
+    with pytest.raises(ClusterTooSmall, match=r"^ray\.num_workers with ray\.use_gpu: the run asks "
+                                              r"for 2 workers x 1 GPU = 2 GPUs, but the Ray "
+                                              r"cluster \(fixed size, no autoscaler\) has 0 GPUs"):
+        check_schedulable(cfg, **fixed({"CPU": 8.0}))
+    check_schedulable(cfg, **fixed({"CPU": 8.0, "GPU": 2.0}))
+
+
+def test_autoscaler_maximum_too_small_is_refused_without_waiting(cfg):
+    cfg = cfg.replace(**{"ray.cpus_per_worker": 8.0})
+    with pytest.raises(ClusterTooSmall, match=r"= 16 CPUs, but the autoscaler can bring up at "
+                                              r"most 12 CPUs;"):
+        check_schedulable(cfg, total=lambda: {"CPU": 4.0}, maximum={"CPU": 12.0},
+                          sleep=pytest.fail)
+
+
+def test_autoscaling_cluster_is_awaited_then_given_up_on(cfg, monkeypatch):
+    requests = []
+    monkeypatch.setattr(preflight, "_request_nodes", lambda c: requests.append(c is not None))
+    monkeypatch.setenv(preflight.SCHEDULE_TIMEOUT_ENV, "12")
+    sleeps = []
+    with pytest.raises(ClusterTooSmall) as refused:
+        check_schedulable(cfg, total=lambda: {"CPU": 1.0}, maximum={"CPU": 64.0},
+                          sleep=sleeps.append, poll_s=5.0)
+    assert str(refused.value).startswith(
+        "ray.num_workers x ray.cpus_per_worker: the run asks for 2 workers x 1 CPU = 2 CPUs, "
+        "but after 15 s (PDML_SCHEDULE_TIMEOUT_S) the autoscaling cluster still has 1 CPUs;")
+    assert sleeps == [5.0, 5.0, 5.0]
+    assert requests == [True, False]  # nodes asked for, and the request withdrawn after
+
+
+def test_autoscaling_cluster_that_grows_in_time_is_accepted(cfg, monkeypatch):
+    monkeypatch.setattr(preflight, "_request_nodes", lambda c: None)
+    sizes = iter([1.0, 1.0, 1.0, 2.0])
+    check_schedulable(cfg, total=lambda: {"CPU": next(sizes)}, maximum={"CPU": 64.0},
+                      sleep=lambda s: None, timeout_s=600)
+    assert next(sizes, None) is None
+
+
+@pytest.mark.parametrize("text", ["soon", "-1", "inf"])
+def test_a_bad_schedule_timeout_is_refused(text, monkeypatch):
+    monkeypatch.setenv(preflight.SCHEDULE_TIMEOUT_ENV, text)
+    with pytest.raises(ConfigError, match=r"^PDML_SCHEDULE_TIMEOUT_S: expected a number of "
+                                          r"seconds >= 0"):
+        preflight.schedule_timeout_s()
+
+
+@pytest.mark.ray
+def test_train_on_a_too_small_local_cluster_fails_at_once(ray_cluster, cfg, tmp_path):
+    from pdml_ray.service.driver import run_training
+
+    assert preflight.autoscaler_maximum() is None  # a local Ray has no autoscaler
+    cfg = cfg.replace(**{"ray.num_workers": 4, "train.batch_size": 4})
+    with pytest.raises(ClusterTooSmall, match=r"asks for 4 workers x 1 CPU = 4 CPUs, but the Ray "
+                                              r"cluster \(fixed size, no autoscaler\) has 2 CPUs"):
+        run_training(cfg)
+    assert not (tmp_path / "ray_results").exists()
+
+
+# -- resumes -----------------------------------------------------------------------------
+def test_resuming_a_run_with_other_settings_is_refused_naming_the_keys(cfg):
+    original = cfg.replace(**{"ray.run_name": "resume-me"})
+    start_run(original, ray_run_name="resume-me")
+    check_same_run(original)  # the same settings: a resume
+    check_same_run(original.replace(**{"ray.address": "ray://elsewhere:10001"}))
+    changed = original.replace(**{"train.lr": 0.01, "loss.margin": 8})
+    with pytest.raises(ConfigError) as refused:
+        check_before_training(changed)  # what run_training calls before any worker starts
+    assert str(refused.value) == (
+        "ray.run_name: run 'resume-me' was started with other settings (loss.margin: 5.0 -> "
+        "8.0; train.lr: 0.002 -> 0.01); resume it with its original settings, or give a new "
+        "ray.run_name")
+    check_same_run(changed.replace(**{"ray.run_name": "another-name"}))  # a new run
+
+
+# -- read-only commands --------------------------------------------------------------------
+def test_a_missing_sqlite_store_is_refused_not_created(tmp_path):
+    missing = tmp_path / "typo" / "mlfow.db"
+    with pytest.raises(TrackingUnavailable, match=rf"^MLflow store sqlite:///{missing}: no "
+                                                  rf"database file at {missing};"):
+        check_store_readable(f"sqlite:///{missing}")
+    assert not missing.parent.exists()
+
+
+def test_an_unreachable_server_is_refused_in_one_request():
+    with pytest.raises(TrackingUnavailable, match=r"^MLflow tracking server http://127\.0\.0\.1:9 "
+                                                  r"is unreachable: .*Connection refused"):
+        check_store_readable("http://127.0.0.1:9")
