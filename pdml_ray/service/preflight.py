@@ -141,6 +141,8 @@ def _request_nodes(cfg: Config | None) -> None:
 # -- resumes ---------------------------------------------------------------------------
 # Where a run happens, not what it computes: a run may resume on another cluster.
 RESUME_MAY_CHANGE = frozenset({"ray.address"})
+# A training run may also be resumed to train for more epochs (from its last checkpoint).
+TRAIN_RESUME_MAY_CHANGE = RESUME_MAY_CHANGE | {"train.epochs"}
 
 
 def changed_settings(cfg: Config, run_id: str, *, include_sweep: bool = False,
@@ -168,7 +170,7 @@ def check_same_run(cfg: Config) -> None:
     run_id = find_run(cfg, name) if name else None
     if run_id is None:
         return
-    changed = changed_settings(cfg, run_id)
+    changed = changed_settings(cfg, run_id, may_change=TRAIN_RESUME_MAY_CHANGE)
     if changed:
         raise ConfigError(f"ray.run_name: run {name!r} was started with other settings "
                           f"({'; '.join(changed)}); resume it with its original settings, or "

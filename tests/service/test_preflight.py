@@ -100,6 +100,7 @@ def test_resuming_a_run_with_other_settings_is_refused_naming_the_keys(cfg):
     start_run(original, ray_run_name="resume-me")
     check_same_run(original)  # the same settings: a resume
     check_same_run(original.replace(**{"ray.address": "ray://elsewhere:10001"}))
+    check_same_run(original.replace(**{"train.epochs": 6}))  # train on from the checkpoint
     changed = original.replace(**{"train.lr": 0.01, "loss.margin": 8})
     with pytest.raises(ConfigError) as refused:
         check_before_training(changed)  # what run_training calls before any worker starts
