@@ -14,7 +14,9 @@ and what it writes must land where the user will look for it afterwards.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 import urllib.parse
@@ -37,6 +39,18 @@ class ConfigError(ValueError):
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+# A run name becomes a folder under ray.storage_path and a value inside MLflow filter
+# strings ('...'), so it keeps to characters that mean nothing to either.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _check_run_name(name: str | None, key: str) -> None:
+    _check(name is None or (RUN_NAME.fullmatch(name) is not None and ".." not in name), key,
+           f"{name!r} is not a usable name: it becomes a folder and an MLflow tag value, so "
+           "use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit, "
+           "without '..'")
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,18 @@ class ModelConfig:
     # None: random init; a path to a state_dict file; or a torchvision weights name
     # such as "IMAGENET1K_V1" (downloaded by torchvision on a machine with internet).
     pretrained: str | None = None
+    # What PDML acts on: "features", the backbone features the classifier reads (the
+    # paper), or "projection", a small head of its own, L2-normalised to
+    # `projection_radius` (later point-supervised work): the metric loss cannot shrink the
+    # classifier's features towards collapse. Only PDML modes build the head, and the
+    # registered model leaves it out. docs/benchmarks.md has the comparison.
+    embedding: Literal["features", "projection"] = "projection"
+    projection_dim: int = 128
+    projection_radius: float = 16.0
+
+    def __post_init__(self) -> None:
+        _check(self.projection_dim >= 1, "model.projection_dim", "must be >= 1")
+        _check(self.projection_radius > 0, "model.projection_radius", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -83,9 +109,10 @@ class LossConfig:
     margin: float = 20.0  # the paper's m (Table 4: 20 is best)
     alpha: float = 0.8  # weight of the pull term L_p (paper: 0.8)
     beta: float = 1.0  # weight of the hinge term L_n (paper: 1)
-    # Weight of L_t against the point CE. The paper does not state it; at 1.0 the pull
-    # term (~20) dwarfs the CE (~2) and collapses ReLU embeddings, 0.1 trains well.
-    pdml_weight: float = 0.1
+    # Weight of L_t against the point CE. The paper does not state it. L_t with margin 20
+    # is ~15 while the CE is ~1: at 1.0 it collapses ReLU embeddings, at 0.1 it still
+    # outweighs the CE and cost 1.7 mIoU against 0.02 in the pretrained benchmark.
+    pdml_weight: float = 0.02
     pairing: Literal["paper", "all"] = "paper"  # Algorithm 1 lines 15-19, or all pos x neg
     subgroup_size: int = 4  # consecutive images of the (global) batch that form a subgroup
     mining: Literal["in_batch", "global", "global+store"] = "global"
@@ -112,19 +139,48 @@ class ExtensionConfig:
     method: Literal["score+region", "region", "score"] = "score+region"  # paper Eq. 7
     threshold: float = 0.7  # paper: 0.7 (Table 5)
     window: int = 5  # the square around each point, in pixels (paper: 5x5)
-    start_epoch: int = 1  # extension needs a classifier that is already roughly right
+    # The extension needs a classifier that is already roughly right: the paper extends
+    # from PDML-trained weights. It starts at epoch `start_epoch` when set, else after
+    # `start_fraction` of the epochs, so the same default suits 6 or 60 epochs.
+    start_epoch: int | None = None
+    start_fraction: float = 0.5
     # How the point CE weighs the extended pixels. "pooled" (the paper): one mean over the
     # points and the extended pixels, so classes the model is already sure of, which the
     # extension adds most, gain weight over the rest. "separate": the mean over the points
-    # plus the mean over the extended pixels, so each class keeps its points' weight.
-    weighting: Literal["pooled", "separate"] = "pooled"
+    # plus `weight` x the mean over the extended pixels, so each class keeps its points'
+    # weight. "separate" is the default: pooled lost 12-14 mIoU points in both benchmark
+    # regimes, mostly on the thing classes (docs/benchmarks.md).
+    weighting: Literal["pooled", "separate"] = "separate"
+    weight: float = 1.0  # "separate" only: weight of the extended pixels' mean
+    ramp_epochs: int = 0  # "separate" only: `weight` rises linearly over this many epochs
 
     def __post_init__(self) -> None:
         _check(0 < self.threshold < 1, "extension.threshold",
                f"must lie in the open interval (0, 1), got {self.threshold}")
         _check(self.window >= 1 and self.window % 2 == 1, "extension.window",
                f"must be a positive odd number, got {self.window}")
-        _check(self.start_epoch >= 0, "extension.start_epoch", "must be >= 0")
+        _check(self.start_epoch is None or self.start_epoch >= 0, "extension.start_epoch",
+               "must be >= 0 (or null: start after extension.start_fraction of the epochs)")
+        _check(0 <= self.start_fraction < 1, "extension.start_fraction",
+               f"must lie in [0, 1), got {self.start_fraction}")
+        _check(self.weight >= 0, "extension.weight", f"must be >= 0, got {self.weight}")
+        _check(self.ramp_epochs >= 0, "extension.ramp_epochs", "must be >= 0")
+        _check(self.weighting == "separate" or (self.weight == 1.0 and self.ramp_epochs == 0),
+               "extension.weight/ramp_epochs", "apply to extension.weighting=separate only; "
+               "pooled weighting has one mean over points and extended pixels")
+
+    def first_epoch(self, epochs: int) -> int:
+        """The first epoch (0-based) whose steps extend the labels, of ``epochs`` in all."""
+        if self.start_epoch is not None:
+            return self.start_epoch
+        return int(self.start_fraction * epochs)
+
+    def weight_at(self, epoch: int, epochs: int) -> float:
+        """The extended pixels' weight in ``epoch`` ("separate"): ramped in, then ``weight``."""
+        if not self.ramp_epochs:
+            return self.weight
+        done = epoch - self.first_epoch(epochs) + 1
+        return self.weight * min(max(done, 0) / self.ramp_epochs, 1.0)
 
 
 @dataclass(frozen=True)
@@ -175,6 +231,7 @@ class RayConfig:
         _check(self.cpus_per_worker >= 0, "ray.cpus_per_worker", "must be >= 0")
         _check(self.max_failures >= -1, "ray.max_failures", "must be >= -1 (-1: unlimited)")
         _check(self.keep_checkpoints >= 1, "ray.keep_checkpoints", "must be >= 1")
+        _check_run_name(self.run_name, "ray.run_name")
 
 
 # Never echo the URI itself in this message: it holds the secret.
@@ -254,9 +311,23 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
-        _check(self.train.batch_size >= self.ray.num_workers, "train.batch_size",
-               f"global batch {self.train.batch_size} is smaller than ray.num_workers="
-               f"{self.ray.num_workers}: every worker needs at least one image")
+        for section in dataclasses.fields(self):  # also for sections built without from_dict
+            values = getattr(self, section.name)
+            for item in dataclasses.fields(values):
+                value = getattr(values, item.name)
+                for number in value if isinstance(value, tuple) else (value,):
+                    _check(not isinstance(number, float) or math.isfinite(number),
+                           f"{section.name}.{item.name}", f"must be a finite number, got {number}")
+        batch, workers = self.train.batch_size, self.ray.num_workers
+        _check(batch >= workers, "train.batch_size",
+               f"global batch {batch} is smaller than ray.num_workers="
+               f"{workers}: every worker needs at least one image")
+        _check(batch % workers == 0, "train.batch_size",
+               f"global batch {batch} does not split evenly over ray.num_workers={workers}: "
+               f"each worker would take {batch // workers} image(s), so the run would train "
+               f"with a global batch of {batch // workers * workers}, not {batch}; use a "
+               f"multiple of {workers}")
+        _check_run_name(self.sweep.name, "sweep.name")
 
     # -- views ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -297,6 +368,14 @@ def _describe(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+NON_FINITE = ("nan", "inf", "infinity")
+
+
+class NotFinite(ConfigError):
+    """inf or nan given for a float: reported as it is, whatever else the key accepts."""
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else."""
     origin = typing.get_origin(tp)
@@ -311,6 +390,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         for option in typing.get_args(tp):
             try:
                 return _coerce(key, value, option)
+            except NotFinite:
+                raise
             except ConfigError:
                 continue
     elif tp is type(None):
@@ -323,7 +404,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        if isinstance(value, str) and DECIMAL.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot, no exponent sign) as a string
+        elif isinstance(value, str) and value.strip().lower().lstrip("+-.") in NON_FINITE:
+            raise NotFinite(f"{key}: must be a finite number, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # 1.0e+400 reads as inf: no range check below would catch it.
+                raise NotFinite(f"{key}: must be a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -360,12 +448,41 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
     return Config(**sections)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the
+    last value in silence, so the first setting a user wrote would be ignored)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_repeated_keys(node, "")
+        return super().construct_document(node)
+
+
+def _refuse_repeated_keys(node: yaml.Node, path: str) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_repeated_keys(item, f"{path}[{index}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[tuple[str, str], int] = {}
+    for key_node, value_node in node.value:
+        name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+        dotted = f"{path}.{name}" if path else name
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+            ident = (key_node.tag, key_node.value)
+            if ident in seen:
+                raise ConfigError(f"{dotted}: given twice (lines {seen[ident]} and "
+                                  f"{key_node.start_mark.line + 1}); YAML would keep the last "
+                                  "value only: keep one")
+            seen[ident] = key_node.start_mark.line + 1
+        _refuse_repeated_keys(value_node, dotted)
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE such as train.lr=0.01")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml.load(text, Loader=UniqueKeyLoader) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: cannot parse value {text!r}: {exc}") from None
     return key.strip(), value
@@ -394,9 +511,14 @@ def load_config(path: str | os.PathLike | None = None,
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              "save the config as UTF-8") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         try:
             cfg = from_dict(raw)
         except ConfigError as exc:

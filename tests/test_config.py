@@ -1,5 +1,7 @@
 import dataclasses
+import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,14 @@ def test_int_widens_to_float_but_not_the_reverse():
     ("model.output_stride=32", r"model\.output_stride: expected one of 8, 16"),
     ("ray.use_gpu=yes please", r"ray\.use_gpu: expected bool"),
     ("train.lr", r"expected KEY=VALUE"),
+    ("model.embedding=head", r"model\.embedding: expected one of 'features', 'projection'"),
+    ("model.projection_dim=0", r"model\.projection_dim: must be >= 1"),
+    ("model.projection_radius=0", r"model\.projection_radius: must be > 0"),
+    ("extension.start_epoch=-1", r"extension\.start_epoch: must be >= 0"),
+    ("extension.start_fraction=1.0", r"extension\.start_fraction: must lie in \[0, 1\)"),
+    ("extension.start_fraction=-0.1", r"extension\.start_fraction"),
+    ("extension.weight=-1", r"extension\.weight: must be >= 0"),
+    ("extension.ramp_epochs=-2", r"extension\.ramp_epochs: must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -139,3 +149,96 @@ def test_shipped_sweep_demo_config_loads_and_fits_two_cores():
     assert cfg.sweep.search == "grid" and len(cfg.sweep.margins) * len(cfg.sweep.thresholds) == 4
     from pdml_ray.service.sweep import concurrent_trials  # the sweep's own sizing rule
     assert concurrent_trials(cfg, {"CPU": 2.0}) == 2  # two trials at once on 2 cores
+
+
+# -- numbers, repeated keys, batch split and run names (docs/robustness.md) ------------
+FLOAT_KEYS = [f"{name}.{item.name}" for name, cls in SECTIONS.items()
+              for item in dataclasses.fields(cls) if item.type in ("float", "tuple[float, ...]")]
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", "nan", "inf", "1.0e+400"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_numbers_are_refused_for_every_float_key(key, text):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}(\[0\])?: must be a finite number"):
+        load_config(None, [f"{key}={text}"])
+
+
+def test_non_finite_numbers_are_refused_when_a_section_is_built_directly():
+    with pytest.raises(ConfigError, match=r"^ray\.cpus_per_worker: must be a finite number, "
+                                          r"got inf"):
+        Config(ray=dataclasses.replace(Config().ray, cpus_per_worker=math.inf))
+
+
+def test_float_keys_are_all_checked():
+    assert {"train.lr", "loss.margin", "ray.cpus_per_worker", "data.scale_max",
+            "sweep.margins"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("2E4", 2e4), ("5e+1", 50.0),
+                                         (".5e-2", 0.005), ("1.5e-3", 1.5e-3)])
+def test_exponent_notation_is_a_float_on_the_command_line_and_in_yaml(text, value, tmp_path):
+    assert load_config(None, [f"train.lr={text}"]).train.lr == value
+    path = tmp_path / "lr.yaml"
+    path.write_text(f"train:\n  lr: {text}\nsweep:\n  learning_rates: [{text}, 0.1]\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == value and cfg.sweep.learning_rates == (value, 0.1)
+    # Strings stay strings where a string is expected, and a number-like text is not an int.
+    assert load_config(None, ["ray.run_name=1e3"]).ray.run_name == "1e3"
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got '1e3'"):
+        load_config(None, ["train.epochs=1e3"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.01\n",
+     r"repeated\.yaml: train\.lr: given twice \(lines 2 and 4\); YAML would keep the last value "
+     r"only: keep one"),
+    ("train:\n  lr: 0.1\nloss:\n  margin: 3\ntrain:\n  epochs: 2\n",
+     r"repeated\.yaml: train: given twice \(lines 1 and 5\)"),
+])
+def test_a_key_given_twice_in_a_yaml_file_is_refused(text, message, tmp_path):
+    path = tmp_path / "repeated.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_a_config_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  lr: 0.1  # r\u00e9glage\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(invalid "
+                                          r"continuation byte at byte 21\)"):
+        load_config(path)
+
+
+def test_batch_that_does_not_split_over_the_workers_is_refused():
+    with pytest.raises(ConfigError, match=r"train\.batch_size: global batch 3 does not split evenly "
+                                          r"over ray\.num_workers=2: each worker would take 1 "
+                                          r"image\(s\), so the run would train with a global "
+                                          r"batch of 2, not 3; use a multiple of 2"):
+        load_config(None, ["train.batch_size=3", "ray.num_workers=2"])
+    assert load_config(None, ["train.batch_size=6", "ray.num_workers=3"]).train.batch_size == 6
+
+
+@pytest.mark.parametrize("key", ["ray.run_name", "sweep.name"])
+@pytest.mark.parametrize("name", ["a/b", "../outside", "..", "a..b", ".hidden", "it's",
+                                  'say"hi', "tab\there", "x" * 129, "back\\slash", "`tick`",
+                                  "caf\u00e9"])
+def test_names_that_become_folders_and_filter_values_are_refused(key, name):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: .* is not a usable name: it "
+                                          r"becomes a folder and an MLflow tag value"):
+        apply_overrides(Config(), {key: name})
+
+
+@pytest.mark.parametrize("name", ["ade20k-01", "run_2.b", "A", "x" * 128])
+def test_plain_run_names_are_kept(name):
+    cfg = apply_overrides(Config(), {"ray.run_name": name, "sweep.name": name})
+    assert cfg.ray.run_name == name and cfg.sweep.name == name
+
+
+@pytest.mark.parametrize("key, value", [("extension.weight", 0.5), ("extension.ramp_epochs", 2)])
+def test_extended_pixel_weights_need_a_term_of_their_own(key, value):
+    separate = apply_overrides(Config(), {"extension.weighting": "separate", key: value})
+    assert getattr(separate.extension, key.split(".")[1]) == value
+    with pytest.raises(ConfigError, match=r"extension\.weight/ramp_epochs: apply to "
+                                          r"extension\.weighting=separate only"):
+        apply_overrides(Config(), {"extension.weighting": "pooled", key: value})
