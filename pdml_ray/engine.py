@@ -27,9 +27,20 @@ from pdml_ray.extension import extend_from_logits, extension_accuracy
 from pdml_ray.losses import (PDMLTerms, pdml_terms, point_cross_entropy, sample_point_embeddings,
                              split_cross_entropy)
 from pdml_ray.metrics import ConfusionMatrix
-from pdml_ray.models import parameter_groups
+from pdml_ray.models import DeepLab, build_model, parameter_groups
 
 IGNORE_INDEX = 255
+
+
+def build_model_for(cfg: Config, num_classes: int, *, pretrained: str | None = None) -> DeepLab:
+    """The model ``cfg`` describes; the projection head exists only where PDML trains it
+    (an unused head would leave DDP with parameters that never get a gradient)."""
+    projection = cfg.model.embedding == "projection" and cfg.uses_pdml
+    return build_model(num_classes=num_classes, backbone=cfg.model.backbone,
+                       output_stride=cfg.model.output_stride, head=cfg.model.head,
+                       pretrained=pretrained,
+                       projection_dim=cfg.model.projection_dim if projection else 0,
+                       projection_radius=cfg.model.projection_radius)
 
 
 # -- optimisation ----------------------------------------------------------------------
@@ -106,7 +117,7 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     logits, embed = output["out"], output["embed"]
     point_labels = batch["point_labels"]
     logs: dict[str, float] = {}
-    extending = cfg.uses_extension and epoch >= cfg.extension.start_epoch
+    extending = cfg.uses_extension and epoch >= cfg.extension.first_epoch(cfg.train.epochs)
     if cfg.train.supervision == "full":
         target = batch["mask"]
     else:
@@ -121,7 +132,8 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
             logs["ext_pixels"] = float(total)
             logs["ext_correct"] = float(correct)
     if extending and cfg.extension.weighting == "separate":
-        ce = split_cross_entropy(logits.float(), target, point_labels)
+        ce = split_cross_entropy(logits.float(), target, point_labels,
+                                 extended_weight=cfg.extension.weight_at(epoch, cfg.train.epochs))
     else:
         ce = point_cross_entropy(logits.float(), target)
     loss = ce

@@ -87,9 +87,12 @@ class SceneParser:
                    *, device: str | torch.device = "cpu") -> SceneParser:
         cfg = from_dict(config)
         num_classes = len(dataset_class(cfg.data.dataset).classes)
+        # Inference reads the classifier alone: a projection head trained for PDML is
+        # not built, and its weights, if the state_dict carries them, are left out.
         model = build_model(num_classes=num_classes, backbone=cfg.model.backbone,
                             output_stride=cfg.model.output_stride, head=cfg.model.head)
-        model.load_state_dict(state_dict)
+        model.load_state_dict({key: value for key, value in state_dict.items()
+                               if not key.startswith("projection.")})
         return cls(model, cfg, device=device)
 
     def _window_logits(self, x: torch.Tensor, tile: int | None, overlap: float) -> torch.Tensor:

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, Subset
 
 from pdml_ray.config import Config, from_dict
 from pdml_ray.data import build_dataset, ensure_synthetic
-from pdml_ray.engine import (InBatchMiner, compute_loss, evaluate, make_optimizer, poly_lr,
-                             train_one_epoch)
+from pdml_ray.engine import (InBatchMiner, build_model_for, compute_loss, evaluate,
+                             make_optimizer, poly_lr, train_one_epoch)
 from pdml_ray.extension import extend_from_logits
 from pdml_ray.losses import point_cross_entropy, split_cross_entropy
 from pdml_ray.models import build_model
@@ -167,3 +167,62 @@ def test_extended_pixels_are_weighed_as_configured(weighting):
     want = (split_cross_entropy(logits, extended, points) if weighting == "separate"
             else point_cross_entropy(logits, extended))
     assert after.item() == pytest.approx(want.item()) and logs["loss_ce"] == after.item()
+
+
+def _extending_batch():
+    g = torch.Generator().manual_seed(1)
+    logits = 4 * torch.randn(2, 3, 12, 12, generator=g)
+    points = torch.full((2, 12, 12), 255)
+    points[0, 3, 3], points[1, 8, 5] = 0, 1
+    for b, y, x in ((0, 3, 3), (1, 8, 5)):
+        logits[b, int(points[b, y, x]), y - 1:y + 2, x - 1:x + 2] += 20
+    batch = {"point_labels": points, "mask": points.clone(), "image_index": torch.arange(2)}
+    return {"out": logits, "embed": torch.zeros(2, 4, 3, 3)}, batch
+
+
+@pytest.mark.parametrize("epochs, fraction, first", [(6, 0.5, 3), (15, 0.5, 7), (10, 0.0, 0),
+                                                      (4, 0.3, 1)])
+def test_extension_starts_after_its_fraction_of_the_epochs(epochs, fraction, first):
+    cfg = Config().replace(**{"train.supervision": "point+pdml+ext", "train.epochs": epochs,
+                              "extension.start_fraction": fraction})
+    output, batch = _extending_batch()
+    points = batch["point_labels"]
+    for epoch in range(epochs):
+        loss, logs = compute_loss(output, batch, cfg=cfg, epoch=epoch, miner=None)
+        assert ("ext_pixels" in logs) == (epoch >= first)
+    # An explicit start_epoch wins over the fraction.
+    explicit = cfg.replace(**{"extension.start_epoch": epochs - 1})
+    assert explicit.extension.first_epoch(epochs) == epochs - 1
+    loss, _ = compute_loss(output, batch, cfg=explicit, epoch=epochs - 2, miner=None)
+    assert loss.item() == pytest.approx(point_cross_entropy(output["out"], points).item())
+
+
+def test_separate_extension_weight_ramps_in_linearly():
+    cfg = Config().replace(**{"train.supervision": "point+pdml+ext", "train.epochs": 8,
+                              "extension.start_epoch": 2, "extension.weighting": "separate",
+                              "extension.weight": 0.6, "extension.ramp_epochs": 3})
+    output, batch = _extending_batch()
+    logits, points = output["out"], batch["point_labels"]
+    extended = extend_from_logits(logits, points)
+    point_term = point_cross_entropy(logits, points).item()
+    mask = (extended != 255) & (points == 255)
+    ext_term = torch.nn.functional.cross_entropy(logits, extended, ignore_index=255,
+                                                 reduction="none")[mask].mean().item()
+    # epoch 2: 1/3 of 0.6; epoch 3: 2/3; epoch 4 and later: the full 0.6.
+    for epoch, weight in ((2, 0.2), (3, 0.4), (4, 0.6), (7, 0.6)):
+        loss, _ = compute_loss(output, batch, cfg=cfg, epoch=epoch, miner=None)
+        assert loss.item() == pytest.approx(point_term + weight * ext_term, rel=1e-5)
+
+
+@pytest.mark.parametrize("supervision, embedding, has_projection", [
+    ("point+pdml", "projection", True), ("point+pdml+ext", "projection", True),
+    ("point", "projection", False), ("full", "projection", False),
+    ("point+pdml", "features", False)])
+def test_the_projection_head_exists_only_where_pdml_trains_it(supervision, embedding,
+                                                                has_projection):
+    cfg = Config().replace(**{"train.supervision": supervision, "model.embedding": embedding,
+                              "model.projection_dim": 8})
+    model = build_model_for(cfg, 3)
+    assert (model.projection is not None) == has_projection
+    if has_projection:
+        assert model(torch.randn(1, 3, 16, 16))["embed"].shape[1] == 8

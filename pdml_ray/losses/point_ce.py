@@ -30,8 +30,9 @@ def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def split_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, point_labels: torch.Tensor,
-                        ignore_index: int = 255) -> torch.Tensor:
-    """The mean over the points plus the mean over the other labelled pixels.
+                        ignore_index: int = 255, extended_weight: float = 1.0) -> torch.Tensor:
+    """The mean over the points plus ``extended_weight`` x the mean over the other
+    labelled pixels.
 
     ``labels`` are the points extended online (``point_labels`` plus extended pixels).
     Where :func:`point_cross_entropy` of ``labels`` pools all labels into one mean, this
@@ -43,4 +44,4 @@ def split_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, point_labels
     is_extended = (labels != ignore_index) & ~is_point
     points = (per_pixel * is_point).sum() / is_point.sum().clamp(min=1)
     extended = (per_pixel * is_extended).sum() / is_extended.sum().clamp(min=1)
-    return points + extended
+    return points + extended_weight * extended

@@ -18,28 +18,53 @@ from pdml_ray.models.backbone import build_backbone, check_backbone_args, embed_
 HEADS = ("aspp", "linear")
 
 
+class ProjectionHead(nn.Module):
+    """1x1 conv -> ReLU -> 1x1 conv, L2-normalised and scaled to ``radius``: an embedding
+    apart from the classifier's features, as later point-supervised work uses.
+
+    Normalised embeddings cannot collapse towards the origin the way ReLU features under
+    a strong pull term do; on a sphere of radius r two random directions in many
+    dimensions lie about r * sqrt(2) apart, so r = 16 keeps the paper's margin of 20
+    meaningful (distances 0 to 32).
+    """
+
+    def __init__(self, in_channels: int, dim: int = 128, radius: float = 16.0):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True),
+                                    nn.Conv2d(in_channels, dim, 1))
+        self.radius = radius
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.layers(features), dim=1) * self.radius
+
+
 class DeepLab(nn.Module):
     """``backbone`` (returns ``{"out": features}``) followed by a ``classifier``.
 
     ``forward(x)`` with ``x (B, 3, H, W)`` returns a dict of plain tensors:
     ``"out"`` logits ``(B, num_classes, H, W)``, bilinearly upsampled to the input size;
-    ``"embed"`` the backbone features ``(B, D, h, w)`` the classifier read (and PDML uses).
+    ``"embed"`` ``(B, D, h, w)``, what PDML acts on: the backbone features the classifier
+    read (the paper), or their ``projection`` when the model has one.
     """
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module):
+    def __init__(self, backbone: nn.Module, classifier: nn.Module,
+                 projection: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
+        self.projection = projection
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        embed = self.backbone(x)["out"]
-        logits = self.classifier(embed)
+        features = self.backbone(x)["out"]
+        logits = self.classifier(features)
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        embed = features if self.projection is None else self.projection(features)
         return {"out": logits, "embed": embed}
 
 
 def build_model(*, num_classes: int, backbone: str = "resnet101", output_stride: int = 8,
-                head: str = "aspp", pretrained: str | None = None) -> DeepLab:
+                head: str = "aspp", pretrained: str | None = None, projection_dim: int = 0,
+                projection_radius: float = 16.0) -> DeepLab:
     """The paper's DeepLab-v2 style model (defaults: ResNet-101, output stride 8, ASPP).
 
     Args:
@@ -50,6 +75,9 @@ def build_model(*, num_classes: int, backbone: str = "resnet101", output_stride:
         pretrained: None for random init; a path to an ImageNet ResNet state_dict file;
             or a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"), downloaded by
             torchvision on first use. Only the backbone is initialised from it.
+        projection_dim: 0 (the paper): ``embed`` is the backbone features; > 0: a
+            :class:`ProjectionHead` of this many channels, normalised to
+            ``projection_radius``, gives ``embed``.
 
     Raises:
         ValueError: unknown backbone or head, output stride outside {8, 16},
@@ -65,14 +93,19 @@ def build_model(*, num_classes: int, backbone: str = "resnet101", output_stride:
     channels = embed_channels(backbone)
     classifier = (ASPPv2(channels, num_classes) if head == "aspp"
                   else LinearHead(channels, num_classes))
-    return DeepLab(features, classifier)
+    if projection_dim < 0:
+        raise ValueError(f"projection_dim must be >= 0, got {projection_dim}")
+    projection = (ProjectionHead(channels, projection_dim, projection_radius)
+                  if projection_dim else None)
+    return DeepLab(features, classifier, projection)
 
 
 def parameter_groups(model: nn.Module, *, lr: float, head_lr_mult: float = 10.0,
                      weight_decay: float = 5e-4) -> list[dict[str, Any]]:
     """Optimizer parameter groups: backbone at ``lr``, classifier at ``lr * head_lr_mult``.
 
-    The paper trains the classification module at ten times the feature extractor's rate.
+    The paper trains the classification module at ten times the feature extractor's rate;
+    a projection head, when the model has one, trains at the classifier's rate.
     Each group carries ``"lr_mult"`` so a schedule can set ``lr = base * lr_mult``, and a
     ``"name"``. Frozen parameters (``requires_grad=False``) are left out.
 
@@ -82,12 +115,16 @@ def parameter_groups(model: nn.Module, *, lr: float, head_lr_mult: float = 10.0,
     """
     groups = []
     seen: set[int] = set()
-    for name, lr_mult in (("backbone", 1.0), ("classifier", head_lr_mult)):
-        params = [p for p in getattr(model, name).parameters() if p.requires_grad]
+    for name, lr_mult in (("backbone", 1.0), ("classifier", head_lr_mult),
+                          ("projection", head_lr_mult)):
+        module = getattr(model, name, None)
+        if module is None:
+            continue
+        params = [p for p in module.parameters() if p.requires_grad]
         seen.update(id(p) for p in params)
         groups.append({"name": name, "params": params, "lr": lr * lr_mult, "lr_mult": lr_mult,
                        "weight_decay": weight_decay})
     others = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
     if others:
-        raise ValueError(f"parameters outside backbone and classifier: {', '.join(others[:8])}")
+        raise ValueError(f"parameters outside backbone, classifier and projection: {', '.join(others[:8])}")
     return groups

@@ -85,3 +85,24 @@ def test_parameter_groups_skip_frozen_and_refuse_strays():
 def test_build_model_rejects_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(**{"num_classes": 3, "backbone": "resnet18", **kwargs})
+
+
+def test_projection_head_embeds_on_a_sphere_and_trains_at_the_head_rate():
+    model = build_model(num_classes=4, backbone="resnet18", projection_dim=16,
+                        projection_radius=3.0)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out["out"].shape == (2, 4, 32, 32) and out["embed"].shape == (2, 16, 4, 4)
+    norms = out["embed"].norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, 3.0), atol=1e-4)
+    groups = {g["name"]: g for g in parameter_groups(model, lr=0.1, head_lr_mult=10.0)}
+    assert set(groups) == {"backbone", "classifier", "projection"}
+    assert groups["projection"]["lr"] == pytest.approx(1.0)
+    counted = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert counted == sum(p.numel() for p in model.parameters())
+    # Without a projection, embed is the very feature map the classifier reads.
+    plain = build_model(num_classes=4, backbone="resnet18")
+    assert plain.projection is None
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(plain(x)["embed"], plain.backbone(x)["out"])
+    with pytest.raises(ValueError, match="projection_dim must be >= 0"):
+        build_model(num_classes=4, backbone="resnet18", projection_dim=-1)
