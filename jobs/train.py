@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from jobs.cli import add_config_arguments, config_from_args, run_cli
-from pdml_ray.config import dump_config
+from pdml_ray.config import Config, resolve_paths
 
 
 def main() -> int:
@@ -19,6 +19,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
+    from pdml_ray.console import settings_summary
     from pdml_ray.service.driver import run_training
     from pdml_ray.service.runtime import configure_logging, ray_session
 
@@ -26,9 +27,9 @@ def main() -> int:
 
     configure_logging()
     check_tracking_store(cfg.mlflow.tracking_uri)  # fail in seconds, before Ray starts
-    print(dump_config(cfg))
+    print(settings_summary(cfg, resolve_paths(Config())), flush=True)
     with ray_session(cfg.ray.address):
-        result = run_training(cfg)
+        result = run_training(cfg, console=True)
     print(f"\nRay run        {result.run_name}")
     print(f"MLflow run     {result.mlflow_run_id} in {cfg.mlflow.tracking_uri}")
     print(f"best val mIoU  {result.best_val_miou:.4f}   pixel acc {result.best_val_pixel_acc:.4f}")

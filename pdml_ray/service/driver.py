@@ -9,19 +9,24 @@ It expects Ray to be initialised by its caller (a job's ``ray_session`` or a Tun
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Sequence
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pdml_ray.config import Config, resolve_paths
+from pdml_ray.console import verbose
 from pdml_ray.data import DataError, build_dataset, ensure_synthetic
 from pdml_ray.service.checkpoint import load_training_state
 from pdml_ray.service.data_check import StopOnDataError, check_headers, data_error_of_run
+from pdml_ray.service.preflight import check_before_training
+from pdml_ray.service.progress import console_board
 from pdml_ray.service.registry import RegisteredModel, log_and_register
 from pdml_ray.service.store import create_store, store_actor_name
 from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
@@ -73,6 +78,8 @@ def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
                                            checkpoint_score_attribute="val_miou",
                                            checkpoint_score_order="max"),
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+        # Train's "Reporting training result" / "Checkpoint successfully created" lines
+        logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         callbacks=[*callbacks, StopOnDataError()])  # bad data: no retries
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                         scaling_config=scaling, run_config=run_config,
@@ -80,24 +87,32 @@ def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
 
 
 def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None) -> TrainingResult:
-    """Train, evaluate and register; returns the best checkpoint's scores."""
+                 tags: dict[str, str] | None = None, console: bool = False) -> TrainingResult:
+    """Train, evaluate and register; returns the best checkpoint's scores. ``console``:
+    print one line per epoch and progress within it (a job's terminal, not a Tune trial)."""
     cfg = resolve_paths(cfg)
     uri = cfg.mlflow.tracking_uri
     check_tracking_store(uri)
+    check_before_training(cfg)  # a changed resume, or workers the cluster cannot hold
     prepare_data(cfg)
     run_name = cfg.ray.run_name or unique_run_name()
     run_id = start_run(cfg, ray_run_name=run_name, parent_run_id=parent_run_id, tags=tags)
-    log.info("Ray run %s -> MLflow run %s in %s", run_name, run_id, uri)
+    log.info("MLflow run   %s in %s\ncheckpoints  %s", run_id, uri,
+             os.path.join(cfg.ray.storage_path, run_name))
     store = None
     if cfg.loss.mining == "global+store" and cfg.uses_pdml:
         store = create_store(run_name, cfg.loss.store_capacity, seed=cfg.train.seed)
     loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
-                   "store_name": store_actor_name(run_name) if store is not None else None}
+                   "store_name": store_actor_name(run_name) if store is not None else None,
+                   # MLflow's own setting, honoured on every node, not just where it was set
+                   "system_metrics_every_s": float(os.environ.get(
+                       "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))}
     try:
         try:
-            result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
-                                   callbacks=callbacks).fit()
+            with console_board(run_name) if console else nullcontext() as board:
+                loop_config.update(progress_board=board, forward_warnings=not verbose())
+                result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
+                                       callbacks=callbacks).fit()
         except ray.train.ControllerError as error:  # StopOnDataError ended the run
             data_error = data_error_of_run(error)
             if data_error is None:

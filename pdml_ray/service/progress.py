@@ -152,9 +152,15 @@ class TrialLines(tune.Callback):
     """One console line per trial evaluation, in ``jobs.train``'s epoch-line style, and one
     when a trial ends; runs in the sweep's driver, beside Tune's own status table."""
 
-    def __init__(self, epochs: int, print_line=print):
-        self.epochs, self.print_line = epochs, print_line
+    def __init__(self, epochs: int, print_line=None):
+        # None: the builtin print, looked up when printing. Tune pickles its callbacks,
+        # and a reference to `print` taken here fails to pickle wherever something (Ray's
+        # log redirection, a test's capture) has replaced builtins.print since.
+        self.epochs, self._print_line = epochs, print_line
         self.clocks: dict[str, EpochClock] = {}
+
+    def print_line(self, *args, **kwargs) -> None:
+        (self._print_line or print)(*args, **kwargs)
 
     @staticmethod
     def label(trial) -> str:

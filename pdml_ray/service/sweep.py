@@ -26,10 +26,13 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from pdml_ray.config import Config, ConfigError, from_dict, load_config, resolve_paths
+from pdml_ray.config import Config, ConfigError, from_dict, resolve_paths
 from pdml_ray.service.driver import prepare_data, run_training, unique_run_name
 from pdml_ray.service.checkpoint import load_training_state
-from pdml_ray.service.registry import VAL_MIOU_TAG, RegisteredModel, log_and_register
+from pdml_ray.service.preflight import changed_settings
+from pdml_ray.service.progress import TrialLines
+from pdml_ray.service.registry import (VAL_MIOU_TAG, RegisteredModel, filter_value,
+                                      log_and_register)
 from pdml_ray.service.tracking import (RUN_NAME_TAG, check_tracking_store, end_run,
                                        experiment_id, find_run, start_run)
 
@@ -128,6 +131,8 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
             check_same_sweep(cfg, previous_parent)
     parent_run_id = start_run(cfg, ray_run_name=name, tags={"pdml.sweep": name,
                                                             "pdml.role": "sweep"})
+    log.info("MLflow run   %s (parent of the trials' runs) in %s\nTune results %s",
+             parent_run_id, cfg.mlflow.tracking_uri, path)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg.to_dict(), sweep_name=name, parent=parent_run_id),
         {"cpu": TRIAL_DRIVER_CPU})
@@ -148,7 +153,8 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
                                         num_samples=cfg.sweep.num_samples,
                                         max_concurrent_trials=concurrent_trials(cfg)),
             run_config=tune.RunConfig(name=name, storage_path=cfg.ray.storage_path,
-                                      failure_config=tune.FailureConfig(max_failures=1)))
+                                      failure_config=tune.FailureConfig(max_failures=1),
+                                      callbacks=[TrialLines(cfg.train.epochs)]))
     try:
         tuner.fit()
         table = results_table(cfg, name)
@@ -161,23 +167,10 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
     return SweepResult(name, parent_run_id, table, registered)
 
 
-# Where a sweep runs, not what it computes: a sweep may resume on another cluster.
-RESUME_MAY_CHANGE = {"ray.address"}
-
-
 def check_same_sweep(cfg: Config, parent_run_id: str) -> None:
     """Raise ConfigError naming every setting that differs from the sweep's original
     config (kept as ``config.yaml`` in its MLflow parent run)."""
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            original = load_config(client.download_artifacts(parent_run_id, "config.yaml", folder))
-        except Exception as exc:  # an older parent run without the file: nothing to compare
-            log.warning("cannot compare with the sweep's original config: %s", exc)
-            return
-    before, now = original.flat(include_sweep=True), cfg.flat(include_sweep=True)
-    changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(now)
-               if before.get(key) != now.get(key) and key not in RESUME_MAY_CHANGE]
+    changed = changed_settings(cfg, parent_run_id, include_sweep=True)
     if changed:
         raise ConfigError(f"sweep.name: sweep {cfg.sweep.name!r} was started with other settings "
                           f"({'; '.join(changed)}); resume it with its original settings, or "
@@ -293,8 +286,8 @@ def register_best(cfg: Config, sweep_name: str, rows: list[dict]) -> RegisteredM
         return None
     best = rows[0]
     client = MlflowClient(cfg.mlflow.tracking_uri)
-    existing = client.search_model_versions(f"name = '{cfg.mlflow.registered_model}' and "
-                                            f"run_id = '{best['run_id']}'")
+    existing = client.search_model_versions(
+        f"name = {filter_value(cfg.mlflow.registered_model)} and run_id = '{best['run_id']}'")
     if existing:  # a resumed sweep that had already registered its best trial
         version = max(existing, key=lambda v: int(v.version))
         log.info("best trial already registered as %s/%s", version.name, version.version)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 import tempfile
+import time
 
 import ray.train
 import ray.train.torch
@@ -12,15 +15,19 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from pdml_ray.config import from_dict
 from pdml_ray.data import build_dataset, pad_collate
-from pdml_ray.engine import evaluate, make_optimizer, train_one_epoch
-from pdml_ray.models import build_model
+from pdml_ray.data.transforms import to_model_input
+from pdml_ray.engine import build_model_for, evaluate, make_optimizer, train_one_epoch
+from pdml_ray.reports import prediction_grid
 from pdml_ray.service.checkpoint import load_training_state, save_training_state
 from pdml_ray.service.diagnostics import DistanceRecorder
 from pdml_ray.service.mining import build_miner
+from pdml_ray.service.progress import WorkerProgress
 from pdml_ray.service.store import StoreClient
-from pdml_ray.service.tracking import MetricLogger
+from pdml_ray.service.tracking import MetricLogger, start_system_metrics
 
 log = logging.getLogger(__name__)
+
+SAMPLE_IMAGES = 4  # validation images drawn as image | truth | prediction at each evaluation
 
 
 def _loaders(cfg, rank: int, world: int):
@@ -42,7 +49,7 @@ def _loaders(cfg, rank: int, world: int):
     val_shard = Subset(val_set, list(range(rank, len(val_set), world)))
     val_loader = DataLoader(val_shard, batch_size=max(local_batch, 1), collate_fn=pad_collate,
                             num_workers=cfg.data.loader_workers)
-    return train_set, train_loader, val_loader, local_batch
+    return train_set, val_set, train_loader, val_loader, local_batch
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -52,10 +59,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
 
-    train_set, train_loader, val_loader, local_batch = _loaders(cfg, rank, world)
-    model = build_model(num_classes=train_set.num_classes, backbone=cfg.model.backbone,
-                        output_stride=cfg.model.output_stride, head=cfg.model.head,
-                        pretrained=cfg.model.pretrained)
+    train_set, val_set, train_loader, val_loader, local_batch = _loaders(cfg, rank, world)
+    model = build_model_for(cfg, train_set.num_classes, pretrained=cfg.model.pretrained)
     optimizer = make_optimizer(cfg, model)  # param groups need the unwrapped backbone/classifier
     model = ray.train.torch.prepare_model(model)
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -77,40 +82,63 @@ def train_loop_per_worker(loop_config: dict) -> None:
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
+    last_epoch = min(cfg.train.epochs, math.ceil(total_steps / steps_per_epoch))
     store = (StoreClient(loop_config["store_name"], rank=rank)
              if loop_config.get("store_name") else None)
     miner = build_miner(cfg.loss, store=store, start_step=step)
     tracker = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    monitor = (start_system_metrics(loop_config["tracking_uri"], loop_config["run_id"],
+                                    every_s=loop_config.get("system_metrics_every_s", 10.0))
+               if tracker is not None else None)
+    console = (WorkerProgress(loop_config["progress_board"], rank=rank,
+                              forward_warnings=loop_config.get("forward_warnings", False))
+               if loop_config.get("progress_board") else None)
+    epoch_losses: list[float] = []
     distances = (DistanceRecorder.for_run(cfg, total_steps=total_steps,
                                           steps_per_epoch=steps_per_epoch)
                  if tracker is not None and cfg.uses_pdml else None)  # the paper's Figure 4
 
     def on_log(at_step: int, means: dict) -> None:
+        epoch_losses.append(means["loss"])
+        if console is not None:
+            console.loss = means["loss"]
         if tracker is not None:
             means["images_per_s"] = means["images_per_s"] * world
             tracker.log(means, step=at_step)
-            log.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s", at_step, total_steps,
-                     means["loss"], means["lr"], means["images_per_s"])
+            log.debug("step %d/%d  loss %.4f  lr %.2e  %.1f img/s", at_step, total_steps,
+                      means["loss"], means["lr"], means["images_per_s"])
 
     for epoch in range(start_epoch, cfg.train.epochs):
         if step >= total_steps:
             break
         if world > 1:
             train_loader.sampler.set_epoch(epoch)
-        step = train_one_epoch(model, train_loader, optimizer, cfg=cfg, epoch=epoch,
+        started, epoch_losses[:] = time.monotonic(), []
+        batches = (console.batches(train_loader, epoch=epoch + 1, epochs=last_epoch,
+                                   total=min(steps_per_epoch, total_steps - step))
+                   if console is not None else train_loader)
+        step = train_one_epoch(model, batches, optimizer, cfg=cfg, epoch=epoch,
                                start_step=step, total_steps=total_steps, device=device,
                                miner=distances.watch(miner, epoch) if distances else miner,
                                scaler=scaler, on_log=on_log)
         last = epoch + 1 == cfg.train.epochs or step >= total_steps
         if not last and (epoch + 1) % cfg.train.eval_every_epochs:
+            if console is not None:
+                console.epoch_done(epoch + 1, last_epoch, time.monotonic() - started,
+                                   loss=_mean(epoch_losses))
             continue
         scores = evaluate(model, val_loader, num_classes=train_set.num_classes, device=device)
         metrics = {"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"],
                    "epoch": epoch + 1, "step": step}
         if tracker is not None:
-            tracker.log({"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"]}, step=step)
+            tracker.log({"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"],
+                         **per_class_metrics(train_set.classes, scores["per_class_iou"])},
+                        step=step)
             tracker.log_artifact_text(per_class_table(train_set.classes, scores["per_class_iou"]),
                                       f"per_class_iou/epoch_{epoch + 1:03d}.md")
+            samples = sample_predictions(getattr(model, "module", model), val_set, device)
+            tracker.log_image(prediction_grid(*zip(*samples), val_set.palette),
+                              key="val_predictions", step=step)
         with tempfile.TemporaryDirectory() as folder:
             report_checkpoint = None
             if rank == 0:
@@ -119,11 +147,51 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                     metrics={**metrics, "per_class_iou": scores["per_class_iou"]})
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=report_checkpoint)
+        if console is not None:
+            console.epoch_done(epoch + 1, last_epoch, time.monotonic() - started,
+                               loss=_mean(epoch_losses), val_miou=scores["miou"],
+                               pixel_acc=scores["pixel_acc"])
     if distances is not None:
         distances.log(tracker)
+    if monitor is not None:
+        monitor.finish()
     if tracker is not None and not tracker.flush():
         log.warning("MLflow still unreachable at the end: %d metric points not logged",
                     len(tracker.buffer))
+    if console is not None:
+        console.close()
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@torch.no_grad()
+def sample_predictions(model: torch.nn.Module, dataset, device: torch.device,
+                       count: int = SAMPLE_IMAGES) -> list[tuple]:
+    """``(image uint8 (H, W, 3), truth (H, W), prediction (H, W))`` of the first ``count``
+    images of ``dataset``: the same images at every evaluation, so their pictures show
+    how the model's predictions change. ``model`` is the unwrapped module: only rank 0
+    draws, and a DDP forward would wait for the other ranks."""
+    model.eval()
+    samples = []
+    for index in range(min(count, len(dataset))):
+        image, truth = dataset.load_pair(index)
+        logits = model(to_model_input(image).unsqueeze(0).to(device))["out"]
+        samples.append((image, truth, logits.argmax(dim=1)[0].cpu().numpy()))
+    return samples
+
+
+def metric_key(name: str) -> str:
+    """A class name as an MLflow metric key: MLflow allows letters, digits and ``_-. /``."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]+", "_", name).strip() or "_"
+
+
+def per_class_metrics(class_names, per_class_iou) -> dict[str, float]:
+    """``{"val_iou/sky": 0.61, ...}``: one metric per class, so MLflow plots each against
+    steps; classes absent from prediction and truth (NaN IoU) are left out."""
+    return {f"val_iou/{metric_key(name)}": iou for name, iou in zip(class_names, per_class_iou)
+            if not math.isnan(iou)}
 
 
 def per_class_table(class_names, per_class_iou) -> str:

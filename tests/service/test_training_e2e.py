@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 import ray
+from PIL import Image
 from mlflow.tracking import MlflowClient
 
 from mlflow.artifacts import download_artifacts
@@ -35,9 +37,19 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
 
 
-def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlflow_uri):
+def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlflow_uri,
+                                           capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     cfg = tiny_config(tmp_path, data_root, mlflow_uri, ray={"run_name": "e2e-resume"})
-    first = run_training(cfg)
+    first = run_training(cfg, console=True)
+
+    # The driver printed one line per epoch, from rank 0's reports only.
+    printed = capsys.readouterr().out.splitlines()
+    epochs = [line for line in printed if line.startswith("epoch ") and "val mIoU" in line]
+    assert [line.split("  ")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert re.fullmatch(r"epoch 1/3  val mIoU \d\.\d{3} \(best \d\.\d{3} @1\)  "
+                        r"pixel acc \d\.\d{3}  \d+ (s|min)/epoch  ~\d+ (s|min) left", epochs[0])
+    assert f"(best {first.best_val_miou:.3f} @" in epochs[-1]
 
     # A checkpoint holding the model was written; MLflow has params and metrics.
     assert (Path(first.checkpoint_path) / CHECKPOINT_FILE).is_file()
@@ -48,8 +60,10 @@ def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlf
     assert run.data.params["loss.margin"] == "5.0"
     assert run.data.params["extension.threshold"] == "0.7"
     for key in ("loss", "loss_ce", "loss_pdml", "dis_pos", "dis_neg", "lr", "images_per_s",
-                "val_miou", "val_pixel_acc", "ext_accuracy"):
+                "val_miou", "val_pixel_acc", "ext_accuracy", "system/cpu_utilization_percentage"):
         assert key in run.data.metrics, key
+    assert run.info.run_name == "point+pdml+ext e2e-resume"
+    assert run.data.tags["pdml.supervision"] == "point+pdml+ext"
     losses = [value for _, value in metric_history(mlflow_uri, first.mlflow_run_id, "loss")]
     assert len(losses) == 12  # 3 epochs x 4 steps, logged every step
     assert np.mean(losses[-3:]) < np.mean(losses[:3])  # the loss falls
@@ -64,6 +78,22 @@ def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlf
     assert [name.strip() for name, _ in rows] == list(SYNTHETIC_CLASSES)
     val_miou = max(metric_history(mlflow_uri, first.mlflow_run_id, "val_miou"))[1]  # last epoch
     assert abs(np.nanmean(ious) - val_miou) < 1e-3  # rounded to 4 decimals in the table
+    # ... and the same per-class IoU as metrics, one per class, at every evaluation's step.
+    eval_steps = [step for step, _ in metric_history(mlflow_uri, first.mlflow_run_id, "val_miou")]
+    for name, iou in zip(SYNTHETIC_CLASSES, ious):
+        history = metric_history(mlflow_uri, first.mlflow_run_id, f"val_iou/{name}")
+        assert {step for step, _ in history} <= set(eval_steps)  # NaN (class absent): none
+        if not np.isnan(iou):
+            assert history[-1][0] == eval_steps[-1] and abs(history[-1][1] - iou) < 1e-4
+    # Every evaluation drew the same 4 validation images: image | truth | prediction.
+    images = [a.path for a in MlflowClient(mlflow_uri).list_artifacts(first.mlflow_run_id,
+                                                                      "images")]
+    pngs = sorted((int(path.split("+")[2]), path) for path in images if path.endswith(".png"))
+    assert [step for step, _ in pngs] == eval_steps
+    grid = np.asarray(Image.open(download_artifacts(run_id=first.mlflow_run_id,
+                                                    artifact_path=pngs[-1][1],
+                                                    tracking_uri=mlflow_uri)))
+    assert grid.shape[:2] == (4 * 128 + 3 * 2, 3 * 128 + 2 * 2)  # 4 rows of 48 px scenes
 
     # The registered model loads by alias and predicts at a size never seen in training.
     assert first.registered is not None and first.registered.is_champion
