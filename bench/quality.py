@@ -2,31 +2,42 @@
 
 Every run trains on a real local Ray (2 workers, one CPU each) through the service's own
 driver, ``run_training`` (Tables 3, 5, mining), or its Ray Tune sweep, ``run_sweep``
-(Table 4), with an MLflow sqlite store under ``bench/results/``. The scores come from
-the driver's results and from MLflow; the script prints a markdown table of mean ± std
-over seeds (sample std), a paired difference against a reference row (same seed, so
-the seed's noise cancels) and the paper's PASCAL-Context numbers beside ours. Raw
-results go to ``bench/results/quality-<table>.json``, rewritten after every run.
+(Table 4), with an MLflow sqlite store under ``bench/results/``; one Ray cluster serves
+a whole table. The script prints a markdown table of mean ± std over seeds (sample
+std), a paired difference against a reference row (same seed, so the seed's noise
+cancels), for Table 3 the gain as a share of the (full - point) gap, and the paper's
+PASCAL-Context numbers beside ours.
+
+Two regimes (``--regime``):
+- ``pretrained`` (default), the paper's: the backbone starts from the synthetic-ImageNet
+  weights of ``bench/pretrain.py`` (run it first, about 20 minutes), every epoch is
+  evaluated so that the val-mIoU curves show where ``point`` plateaus (Table 3 draws
+  them into ``quality-table3-pretrained.png``);
+- ``random``: random init, evaluated once after the last epoch (the earlier tables).
+
+Either way a run is scored by its *last* evaluation, never its best epoch.
+
+Resumable: raw results go to ``bench/results/quality-table<N>-<regime>[-<tag>].json``,
+rewritten after every run; a rerun skips the runs already there. Runs are deterministic
+per seed, so a run whose settings (everything but where it writes; settings its
+supervision mode never reads left out) match a finished run of any table is reused, not
+trained again: Table 3's point+pdml row is the mining table's ``global`` row.
 
 The benchmark (fixed): synthetic scenes, 200 train / 50 val images of 96 x 96 px,
 8 classes (4 stuff, 4 things), one point per instance (8.5 per train image),
-generator seed 0. The demo model (resnet18 OS8 + ASPP, random init), AdamW at 2e-3 with
-the poly schedule, global batch 8 on 2 workers (local batch 4), ``--epochs`` epochs
-(default 6: 150 steps), PDML weight 0.1, margin 20, alpha 0.8. Each run is evaluated
-once, after its last epoch (no checkpoint selection on the validation split). A seed
-changes the initialisation, data order and augmentation, never the scenes. Sized so that
-each table, 3 seeds, fits within 45 minutes on 2 CPU cores: a 150-step run took 189 s
-there on 2026-12-02, a Tune trial 206 s. The defaults of Tables 3 and 4 add one row each
-beyond that (separate weighting; m = 24) and take 47 and 52 minutes; docs/benchmarks.md
-has the commands for both sizes.
+generator seed 0. The demo model (resnet18 OS8 + ASPP), AdamW at 2e-3 with the poly
+schedule, global batch 8 on 2 workers (local batch 4), ``--epochs`` epochs (default 6:
+150 steps), every other setting at the config's defaults unless a row says otherwise.
+A seed changes the initialisation, data order and augmentation, never the scenes.
 
-- ``--table 3``: supervision full, point, point+pdml, point+pdml+ext (the extension from
-  epoch ``--ext-start``, default half the epochs, as the paper extends from PDML weights),
-  and point+pdml+ext with ``extension.weighting=separate`` (not in the paper).
+- ``--table 3``: supervision full, point, point+pdml as the paper has it and as the
+  defaults have it, point+pdml+ext with the paper's extension (pooled, from epoch
+  ``--ext-start``, default half the epochs) and the default recipe (the config's own
+  point+pdml+ext).
 - ``--table 4``: point+pdml, a margin sweep at alpha 0.8 and an alpha sweep at margin 20,
   one ``run_sweep`` (grid, no early stopping) per sweep and seed; the shared point
   (margin 20, alpha 0.8) is trained once per seed and shown in both halves.
-- ``--table 5``: point+pdml+ext with the extension methods region; score at
+- ``--table 5``: the paper's point+pdml+ext with the extension methods region; score at
   ``--score-thresholds``; score+region at ``--thresholds``. Extension accuracy is the
   logged ``ext_accuracy`` pooled over every extension step of the run.
 - ``--table mining``: point+pdml with in_batch, global and global+store mining at equal
@@ -34,12 +45,14 @@ has the commands for both sizes.
   an ``in_batch`` subgroup is one worker's 4 images, a ``global`` subgroup takes 2 images
   from each worker, the global batch positions interleaving the workers).
 
-    .venv/bin/python bench/quality.py --table 3 [--seeds 0,1,2] [--epochs 12] [--quick]
+    .venv/bin/python bench/quality.py --table 3 [--regime random] [--seeds 0,1,2] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import statistics
 import time
@@ -62,6 +75,7 @@ PAPER_TABLE5 = {("region", None): (97.6, 29.7, 57.5), ("score", 0.7): (56.9, 16.
                 ("score+region", 0.8): (98.3, 29.4, 57.1),
                 ("score+region", 0.9): (98.4, 29.4, 56.9)}
 PAPER_MARGIN, PAPER_ALPHA = 20.0, 0.8
+DEFAULT_ROW = "point+pdml+ext (default recipe)"
 PAPER_NOTE = "; paper: PASCAL-Context val, ResNet-101"
 TITLES = {"3": "Table 3 analogue (supervision)", "4": "Table 4 analogue (margin, alpha)",
           "5": "Table 5 analogue (extension)", "mining": "Cross-worker mining"}
@@ -84,15 +98,27 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True, choices=["3", "4", "5", "mining"])
+    parser.add_argument("--regime", default="pretrained", choices=["pretrained", "random"],
+                        help="pretrained (default): the backbone starts from bench/pretrain.py's "
+                        "synthetic-ImageNet weights, as the paper starts from ImageNet; random: "
+                        "random init")
     parser.add_argument("--rows", default=None,
                         help="Tables 3, 5, mining: run only these rows (comma-separated "
                         "labels); their results go to quality-table<N>-rows.json")
+    parser.add_argument("--tag", default="",
+                        help="write to quality-table<N>-<regime>-<tag>.json: a variant of a "
+                        "table (e.g. with --set) kept apart from the table itself")
     parser.add_argument("--seeds", default=None, help="comma-separated train.seed values "
                         "(default 0,1,2; 0 with --quick)")
     parser.add_argument("--epochs", type=int, default=6,
                         help="epochs per run (default 6: 150 steps; 1 with --quick)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="evaluate every N epochs (default: 1 in the pretrained regime, for "
+                        "the curves; once, after the last epoch, in the random regime, as the "
+                        "earlier tables); the score is always the last evaluation")
     parser.add_argument("--ext-start", type=int, default=None,
-                        help="first epoch of the online extension (default: epochs // 2)")
+                        help="first epoch of the paper-setting extension rows (default: "
+                        "epochs // 2); the default-recipe row keeps the config's own start")
     parser.add_argument("--margins", type=floats, default=[8.0, 20.0, 24.0],
                         help="Table 4 margins at alpha 0.8 (paper: 8,12,16,20,24)")
     parser.add_argument("--alphas", type=floats, default=[0.0, 0.8, 1.6],
@@ -110,19 +136,41 @@ def parse_args() -> argparse.Namespace:
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     if args.ext_start is None:
         args.ext_start = args.epochs // 2
+    if args.eval_every is None:
+        args.eval_every = 1 if args.regime == "pretrained" else args.epochs
     return args
 
 
+# L_t on the features the classifier reads, at the weight this project used with them
+# (the paper does not state one).
+PAPER_PDML = {"model.embedding": "features", "loss.pdml_weight": 0.1}
+
+
+def paper_extension(args: argparse.Namespace) -> dict:
+    """The paper's extension settings (Eq. 7, 5x5, 0.7, one pooled CE), from ``--ext-start``."""
+    return {"train.supervision": "point+pdml+ext", **PAPER_PDML,
+            "extension.method": "score+region", "extension.threshold": 0.7,
+            "extension.window": 5, "extension.weighting": "pooled",
+            "extension.start_epoch": args.ext_start}
+
+
 def table_rows(args: argparse.Namespace) -> list[Row]:
-    """The runs of Tables 3, 5 and mining (Table 4 is a sweep, see ``run_table4``)."""
+    """The runs of Tables 3, 5 and mining (Table 4 is a sweep, see ``run_table4``).
+
+    Table 3 shows each PDML mode twice where the defaults depart from the paper: as the
+    paper specifies it and as a user gets it without touching a setting.
+    """
     if args.table == "3":
-        rows = [Row(mode, {"train.supervision": mode}, PAPER_TABLE3[mode])
-                for mode in PAPER_TABLE3]
-        # Not in the paper: the extension with its own CE term (extension.weighting).
-        return rows + [Row("point+pdml+ext (separate)", {"train.supervision": "point+pdml+ext",
-                                                        "extension.weighting": "separate"})]
+        return [Row("full", {"train.supervision": "full"}, PAPER_TABLE3["full"]),
+                Row("point", {"train.supervision": "point"}, PAPER_TABLE3["point"]),
+                Row("point+pdml (paper)", {"train.supervision": "point+pdml", **PAPER_PDML},
+                    PAPER_TABLE3["point+pdml"]),
+                Row("point+pdml", {"train.supervision": "point+pdml"}),
+                Row("point+pdml+ext (paper)", paper_extension(args),
+                    PAPER_TABLE3["point+pdml+ext"]),
+                Row(DEFAULT_ROW, {"train.supervision": "point+pdml+ext"})]
     if args.table == "5":
-        ext = {"train.supervision": "point+pdml+ext"}
+        ext = paper_extension(args)
         rows = [Row("region", {**ext, "extension.method": "region"},
                     PAPER_TABLE5[("region", None)])]
         for method, thresholds in (("score", args.score_thresholds),
@@ -137,16 +185,30 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
 
 
 def base_config(args: argparse.Namespace):
-    cfg = benchlib.bench_config(args, {
-        "train.epochs": args.epochs, "train.eval_every_epochs": args.epochs,
-        "extension.start_epoch": args.ext_start, "ray.max_failures": 0,
-        "ray.keep_checkpoints": 1}, experiment=f"bench-quality-table{args.table}")
+    settings = {"train.epochs": args.epochs, "train.eval_every_epochs": args.eval_every,
+                "ray.max_failures": 0, "ray.keep_checkpoints": 1}
+    if args.regime == "pretrained":
+        settings["model.pretrained"] = str(pretrained_weights(args))
+    cfg = benchlib.bench_config(args, settings, experiment=f"bench-quality-table{args.table}")
     if cfg.data.dataset != "synthetic":
         return cfg
     # Log in intervals that divide an epoch: the engine drops an epoch's unlogged tail.
     steps = cfg.data.synthetic_train // cfg.train.batch_size
     every = max(d for d in range(1, 6) if steps % d == 0)
     return cfg.replace(**{"train.log_every_steps": every})
+
+
+def pretrained_weights(args: argparse.Namespace):
+    """The cached synthetic-ImageNet weights of the benchmark's backbone (bench/pretrain.py)."""
+    import pretrain
+
+    backbone = next((item.partition("=")[2].strip() for item in args.overrides
+                     if item.partition("=")[0].strip() == "model.backbone"), "resnet18")
+    path = pretrain.cache_path(pretrain.parse_args(["--backbone", backbone]))
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no pretrained weights yet; make them first (about 13 "
+                         f"minutes): .venv/bin/python bench/pretrain.py --backbone {backbone}")
+    return path
 
 
 # -- one run ------------------------------------------------------------------------------
@@ -176,6 +238,27 @@ def class_groups(cfg, per_class_iou: list[float]) -> dict[str, float]:
     return {key: statistics.mean(v) if v else math.nan for key, v in groups.items()}
 
 
+def last_evaluation(cfg, uri: str, run_id: str) -> dict:
+    """The run's score after its last epoch, and its val mIoU curve.
+
+    The score is the last evaluation, never the best one: picking an epoch on the
+    validation split would flatter whichever row's curve is noisiest.
+    """
+    from pdml_ray.data import build_dataset
+    from pdml_ray.service.worker import metric_key
+
+    curve = benchlib.metric_history(uri, run_id, "val_miou")
+    last_step = curve[-1][0]
+    at_last = {}
+    for name in build_dataset(cfg.data, "val").classes:
+        history = benchlib.metric_history(uri, run_id, f"val_iou/{metric_key(name)}")
+        at_last[name] = next((value for step, value, _ in history if step == last_step), math.nan)
+    pixel_acc = benchlib.metric_history(uri, run_id, "val_pixel_acc")[-1][1]
+    return {"val_miou": curve[-1][1], "val_pixel_acc": pixel_acc,
+            "per_class_iou": list(at_last.values()),
+            "curve": [(step, value) for step, value, _ in curve]}
+
+
 def train_once(cfg) -> dict:
     from pdml_ray.service.driver import run_training
 
@@ -183,12 +266,12 @@ def train_once(cfg) -> dict:
     result = run_training(cfg)
     wall = time.perf_counter() - start
     uri, run_id = cfg.mlflow.tracking_uri, result.mlflow_run_id
+    scores = last_evaluation(cfg, uri, run_id)
     ext_accuracy, ext_pixels = pooled_extension_accuracy(uri, run_id)
     rates = [value for _, value, _ in benchlib.metric_history(uri, run_id, "images_per_s")]
     last = {key: (benchlib.metric_history(uri, run_id, key) or [(0, math.nan, 0)])[-1][1]
             for key in ("dis_pos", "dis_neg", "store_hit")}
-    return {"val_miou": result.best_val_miou, "val_pixel_acc": result.best_val_pixel_acc,
-            "per_class_iou": result.per_class_iou, **class_groups(cfg, result.per_class_iou),
+    return {**scores, **class_groups(cfg, scores["per_class_iou"]),
             "ext_accuracy": ext_accuracy, "ext_pixels_per_step": ext_pixels,
             "seconds_per_step": (cfg.train.batch_size / benchlib.median(rates) if rates
                                  else math.nan),
@@ -196,19 +279,83 @@ def train_once(cfg) -> dict:
             "final_store_hit": last["store_hit"], "wall_seconds": wall, "mlflow_run_id": run_id}
 
 
-def run_rows(cfg, rows: list[Row], args, save) -> list[dict]:
-    records = []
+# Settings that change where a run is written, not what it computes.
+_BOOKKEEPING = ("mlflow.", "ray.run_name", "ray.storage_path", "ray.address")
+
+
+def run_key(cfg) -> str:
+    """A digest of every setting that changes a run's result: runs are deterministic per
+    seed (the same settings give the same scores to the decimal), so a finished run with
+    the same key is reused, by a rerun of its table or by another table, not trained again.
+    Settings a run's supervision mode never reads (the PDML loss of ``point``, the
+    extension of ``point+pdml``) are left out, so changing their defaults keeps the key."""
+    settings = {k: v for k, v in cfg.flat().items() if not k.startswith(_BOOKKEEPING)}
+    if not cfg.uses_pdml:
+        settings = {k: v for k, v in settings.items() if not k.startswith("loss.")
+                    and k not in ("model.embedding", "model.projection_dim",
+                                  "model.projection_radius")}
+    if not cfg.uses_extension:
+        settings = {k: v for k, v in settings.items() if not k.startswith("extension.")}
+    elif settings.get("extension.start_epoch") is None:  # the same start, said two ways
+        settings["extension.start_epoch"] = cfg.extension.first_epoch(cfg.train.epochs)
+    settings.pop("extension.start_fraction", None)
+    if settings.get("model.pretrained"):  # the file's content, not where it lies
+        settings["model.pretrained"] = hashlib.sha256(
+            open(settings["model.pretrained"], "rb").read()).hexdigest()
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def record_config(base: dict, record: dict):
+    """The config a stored record ran with: its own, else its table's base config, its
+    row's overrides and its seed."""
+    from pdml_ray.config import from_dict
+
+    if "config" in record:
+        return from_dict(record["config"])
+    overrides = {k: v for k, v in record.items() if "." in k and k.split(".")[0] in base}
+    return from_dict(base).replace(**overrides, **{"train.seed": record["seed"]})
+
+
+def finished_runs() -> dict[str, dict]:
+    """Every finished run of every quality table so far, by :func:`run_key`."""
+    done = {}
+    for path in sorted(benchlib.RESULTS.glob("quality-*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for record in payload.get("records", []):
+            if "val_miou" in record and "seed" in record and "row" in record:
+                done[run_key(record_config(payload["config"], record))] = record
+    return done
+
+
+def run_rows(cfg, rows: list[Row], args, records: list[dict], save) -> list[dict]:
+    """Train each row and seed not already in ``records``; save after every run."""
     for seed in args.seeds:
         for row in rows:
-            with benchlib.phase(f"{row.label}, seed {seed}"):
-                run_cfg = cfg.replace(**row.overrides, **{"train.seed": seed})
-                records.append({"row": row.label, "seed": seed, **row.overrides,
-                                **train_once(run_cfg)})
+            run_cfg = cfg.replace(**row.overrides, **{"train.seed": seed})
+            key = run_key(run_cfg)
+            if any(r["row"] == row.label and r["seed"] == seed
+                   and run_key(record_config(cfg.to_dict(), r)) == key for r in records):
+                continue
+            reused = finished_runs().get(key)
+            if reused is not None:
+                print(f"-- {row.label}, seed {seed}: reusing the identical run "
+                      f"{reused['mlflow_run_id']} ({reused['row']})", flush=True)
+                result = {k: v for k, v in reused.items()
+                          if k not in ("row", "seed", "key", "config") and "." not in k}
+            else:
+                with benchlib.phase(f"{row.label}, seed {seed}"):
+                    result = train_once(run_cfg)
+            records = [r for r in records if not (r["row"] == row.label and r["seed"] == seed)]
+            records.append({"row": row.label, "seed": seed, "key": key, **row.overrides,
+                            **result, "config": run_cfg.to_dict()})
             save(records)
     return records
 
 
-def run_table4(cfg, args, save) -> tuple[list[Row], list[dict]]:
+def run_table4(cfg, args, records: list[dict], save) -> tuple[list[Row], list[dict]]:
     """Margin and alpha sweeps through ``run_sweep``, one of each per seed."""
     from pdml_ray.service.driver import unique_run_name
     from pdml_ray.service.sweep import run_sweep
@@ -219,9 +366,11 @@ def run_table4(cfg, args, save) -> tuple[list[Row], list[dict]]:
         sweeps.append(("alpha", [PAPER_MARGIN], alphas))
     # A trial holds 0.01 CPU for its driver: its two workers take the rest of 2 CPUs.
     cpus = {} if cfg.ray.use_gpu else {"ray.cpus_per_worker": 0.99}
-    records = []
     for seed in args.seeds:
         for name, margins, sweep_alphas in sweeps:
+            wanted = {(m, a) for m in margins for a in sweep_alphas}
+            if wanted <= {(r["margin"], r["alpha"]) for r in records if r["seed"] == seed}:
+                continue  # finished in an earlier sitting
             with benchlib.phase(f"{name} sweep, seed {seed}"):
                 sweep_cfg = cfg.replace(**cpus, **{
                     "train.supervision": "point+pdml", "train.seed": seed,
@@ -258,6 +407,21 @@ def paired_delta(records: list[dict], label: str, reference: str) -> str:
         return "reference"
     ours, ref = values(records, label, "val_miou"), values(records, reference, "val_miou")
     return benchlib.mean_std([ours[s] - ref[s] for s in ours if s in ref], scale=100)
+
+
+def gap_share(records: list[dict], label: str) -> str:
+    """Mean paired gain over point as a share of the mean (full - point) gap, with the
+    per-seed gains' signs: "+31% (3/3 seeds up)"."""
+    if label in ("point", "full"):
+        return "—"
+    ours, point, full = (values(records, name, "val_miou") for name in (label, "point", "full"))
+    seeds = [s for s in ours if s in point]
+    if not seeds or not full or not point:
+        return "n/a"
+    gap = statistics.mean(full.values()) - statistics.mean(point.values())
+    gains = [ours[s] - point[s] for s in seeds]
+    up = sum(g > 0 for g in gains)
+    return f"{100 * statistics.mean(gains) / gap:+.0f}% ({up}/{len(gains)} seeds up)"
 
 
 def paper_cell(value: float | None) -> str:
@@ -298,17 +462,49 @@ def render(args, rows: list[Row], records: list[dict]) -> str:
             paper = row.paper or (None, None)
             extra = (() if args.table == "3" else
                      (cell(row.label, "seconds_per_step", 1.0, 3),))
+            gap = (gap_share(records, row.label),) if args.table == "3" else ()
             table.append((row.label, cell(row.label, "val_miou"), cell(row.label, "val_pixel_acc"),
                           cell(row.label, "stuff_miou"), cell(row.label, "things_miou"), *extra,
-                          paired_delta(records, row.label, reference),
+                          paired_delta(records, row.label, reference), *gap,
                           *((paper_cell(paper[0]), paper_cell(paper[1]))
                             if args.table == "3" else ())))
         header = ("supervision" if args.table == "3" else "mining", "mIoU", "pixel acc (%)",
                   "stuff mIoU", "things mIoU",
                   *(() if args.table == "3" else ("s / step",)),
                   f"Δ mIoU vs {reference} (paired)",
-                  *(("paper mIoU", "paper pixel acc (%)") if args.table == "3" else ()))
+                  *(("share of the full - point gap", "paper mIoU", "paper pixel acc (%)")
+                    if args.table == "3" else ()))
     return benchlib.markdown_table(header, table)
+
+
+def plot_curves(records: list[dict], labels: list[str], title: str, path) -> None:
+    """Val mIoU against the step, one line per seed and a bold mean per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for colour, label in zip(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"),
+                             labels):
+        curves = [r["curve"] for r in records if r["row"] == label and r.get("curve")]
+        if not curves:
+            continue
+        for curve in curves:
+            ax.plot([s for s, _ in curve], [100 * v for _, v in curve], color=colour,
+                    alpha=0.3, linewidth=1)
+        steps = [s for s, _ in curves[0]]
+        means = [100 * statistics.mean(c[i][1] for c in curves) for i in range(len(steps))]
+        ax.plot(steps, means, color=colour, linewidth=2.2, marker="o", markersize=3,
+                label=f"{label} (mean of {len(curves)} seeds)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -318,7 +514,10 @@ def main() -> None:
 
     configure_logging()
     cfg = base_config(args)
-    name = f"quality-table{args.table}" + ("-rows" if args.rows else "")
+    name = f"quality-table{args.table}-{args.regime}" + (f"-{args.tag}" if args.tag else "")
+    path = benchlib.RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
+    # Resumable: the finished runs of an earlier sitting are kept, not trained again.
+    records = json.loads(path.read_text())["records"] if path.is_file() else []
 
     def save(records: list[dict]) -> None:
         benchlib.write_json(name, {"args": vars(args), "config": cfg.to_dict(),
@@ -335,20 +534,26 @@ def main() -> None:
     start = time.perf_counter()
     with ray_session(cfg.ray.address):
         if args.table == "4":
-            rows, records = run_table4(cfg, args, save)
+            rows, records = run_table4(cfg, args, records, save)
         else:
-            records = run_rows(cfg, rows, args, save)
+            records = run_rows(cfg, rows, args, records, save)
     wall = time.perf_counter() - start
     steps = cfg.train.epochs * (cfg.data.synthetic_train // cfg.train.batch_size)
     title = TITLES[args.table]
+    init = ("synthetic-ImageNet pretrained backbone" if args.regime == "pretrained"
+            else "random init")
     print(f"\n{title} on the synthetic benchmark: "
-          f"{benchlib.describe_config(cfg, supervision=False, mining=False)}; "
+          f"{benchlib.describe_config(cfg, supervision=False, mining=False)}, {init}; "
           f"{cfg.train.epochs} epoch(s) ({steps} steps), seeds {args.seeds}; values in % "
           f"(mean ± sample std over seeds){PAPER_NOTE if args.table != 'mining' else ''}\n")
-    print(render(args, rows, records))
-    runs = len({(r["seed"], r["row"]) for r in records})
-    print(f"{runs} runs in {wall / 60:.1f} min ({wall / max(runs, 1):.0f} s per run)")
-    print(f"raw results: {benchlib.RESULTS / (name + ('-quick' if args.quick else '') + '.json')}")
+    print(render(args, rows, [r for r in records if r["seed"] in args.seeds]))
+    if args.table == "3":
+        picture = path.with_suffix(".png")
+        plot_curves(records, ["full", "point", "point+pdml", DEFAULT_ROW],
+                    f"val mIoU during training ({init}, {steps} steps)", picture)
+        print(f"curves: {picture}")
+    print(f"{len(records)} runs in the table; this sitting took {wall / 60:.1f} min")
+    print(f"raw results: {path}")
 
 
 if __name__ == "__main__":
