@@ -137,8 +137,10 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
             registered = log_and_register(cfg, run_id=run_id, state_dict=state["model"],
                                           val_miou=scores["val_miou"],
                                           per_class_iou=scores["per_class_iou"])
-    except BaseException:
-        _mark_failed(uri, run_id)
+    except BaseException as exc:
+        # SystemExit / KeyboardInterrupt: stopped from outside (Tune's scheduler exits a
+        # trial it stops, or Ctrl-C), not failed: the MLflow run says KILLED.
+        _mark_failed(uri, run_id, killed=not isinstance(exc, Exception))
         raise
     finally:
         if store is not None:
@@ -151,12 +153,12 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
                           checkpoint_path=best.path, registered=registered)
 
 
-def _mark_failed(uri: str, run_id: str) -> None:
-    """Mark the MLflow run FAILED without hiding the error that failed it: when the
-    tracking store is itself what went away, say so (after one quick try, not minutes of
-    MLflow's retries) and let the original error through."""
+def _mark_failed(uri: str, run_id: str, *, killed: bool = False) -> None:
+    """Mark the MLflow run FAILED (or KILLED) without hiding the error that ended it: when
+    the tracking store is itself what went away, say so (after one quick try, not minutes
+    of MLflow's retries) and let the original error through."""
     try:
         with fail_fast_http():
-            end_run(uri, run_id, failed=True)
+            end_run(uri, run_id, failed=True, killed=killed)
     except Exception as exc:
         log.warning("could not mark MLflow run %s as FAILED in %s: %s", run_id, uri, exc)

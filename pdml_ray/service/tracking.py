@@ -173,8 +173,8 @@ def start_run(cfg: Config, *, ray_run_name: str, parent_run_id: str | None = Non
     return run.info.run_id
 
 
-def end_run(uri: str, run_id: str, *, failed: bool = False) -> None:
-    status = RunStatus.FAILED if failed else RunStatus.FINISHED
+def end_run(uri: str, run_id: str, *, failed: bool = False, killed: bool = False) -> None:
+    status = (RunStatus.KILLED if killed else RunStatus.FAILED) if failed else RunStatus.FINISHED
     MlflowClient(uri).set_terminated(run_id, status=RunStatus.to_string(status))
 
 
