@@ -156,8 +156,11 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
                                       failure_config=tune.FailureConfig(max_failures=1),
                                       callbacks=[TrialLines(cfg.train.epochs)]))
     try:
-        tuner.fit()
-        table = results_table(cfg, name)
+        grid = tuner.fit()
+        # Tune knows which trials its scheduler stopped: they ended without an error, even
+        # when the stop reached the trial's run as an exception and marked it FAILED.
+        ended_cleanly = {r.metrics.get("trial_id") for r in grid if r.error is None}
+        table = results_table(cfg, name, ended_cleanly=ended_cleanly)
         log_sweep_report(cfg, parent_run_id, table)
         registered = register_best(cfg, name, table) if cfg.mlflow.register else None
     except BaseException:
@@ -177,11 +180,14 @@ def check_same_sweep(cfg: Config, parent_run_id: str) -> None:
                           "give a new sweep.name")
 
 
-def results_table(cfg: Config, sweep_name: str) -> list[dict]:
+def results_table(cfg: Config, sweep_name: str, *,
+                  ended_cleanly: set[str] = frozenset()) -> list[dict]:
     """One row per trial from its MLflow child run: swept values, best val mIoU, status.
 
-    A trial is ``stopped early`` when it made fewer evaluations than a full run; ASHA
-    killed it mid-run, so its MLflow run, still marked running, is closed as KILLED.
+    A trial is ``stopped early`` when it made fewer evaluations than a full run and ended
+    without an error: ASHA stopped it. Its MLflow run, left RUNNING (the trial was killed
+    before it could close it) or marked FAILED (the stop reached it as an exception), is
+    closed as KILLED. ``ended_cleanly`` holds the trial ids Tune ended without an error.
     """
     full = expected_evaluations(cfg)
     client = MlflowClient(cfg.mlflow.tracking_uri)
@@ -193,7 +199,8 @@ def results_table(cfg: Config, sweep_name: str) -> list[dict]:
         evals = client.get_metric_history(run.info.run_id, "val_miou")
         best = max(evals, key=lambda m: m.value) if evals else None
         status = run.info.status
-        if status == "RUNNING":
+        trial_id = run.data.tags.get("pdml.trial_id", "")
+        if status == "RUNNING" or (status == "FAILED" and trial_id in ended_cleanly):
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             status = "KILLED"
         if status in ("FINISHED", "KILLED"):
@@ -201,7 +208,7 @@ def results_table(cfg: Config, sweep_name: str) -> list[dict]:
         pixel = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
                                                                     "val_pixel_acc")}
         rows.append({
-            "trial": run.data.tags.get("pdml.trial_id", ""),
+            "trial": trial_id,
             "alpha": float(run.data.params["loss.alpha"]),
             "beta": float(run.data.params["loss.beta"]),
             "margin": float(run.data.params["loss.margin"]),

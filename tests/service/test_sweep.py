@@ -11,7 +11,8 @@ from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
 from pdml_ray.config import ConfigError, dump_config
-from pdml_ray.service.sweep import concurrent_trials, run_sweep, search_space
+from pdml_ray.service.sweep import concurrent_trials, results_table, run_sweep, search_space
+from pdml_ray.service.tracking import end_run, start_run
 from tests.helpers import (job_env, kill_session, run_job, start_job, tiny_config,
                            wait_for)
 
@@ -47,6 +48,31 @@ def test_search_space_grid_and_random(tmp_path, mlflow_uri):
     rand = grid.replace(**{"sweep.search": "random", "sweep.thresholds": [0.5, 0.9]})
     threshold = search_space(rand)["extension.threshold"]
     assert (threshold.lower, threshold.upper) == (0.5, 0.9)
+
+
+def test_results_table_tells_stopped_trials_from_failed_ones(tmp_path, mlflow_uri):
+    # Four trials of a 3-evaluation sweep, as their MLflow runs are left: one finished all
+    # evaluations; one was killed before closing its run (RUNNING); one got the stop as an
+    # exception (FAILED) but Tune ended it without an error; one really failed.
+    cfg = sweep_config(tmp_path, tmp_path, mlflow_uri, name="status-sweep")
+    client = MlflowClient(mlflow_uri)
+    runs = {}
+    for trial, evaluations, end in (("t0", 3, "finished"), ("t1", 1, None),
+                                    ("t2", 2, "failed"), ("t3", 1, "failed")):
+        run_id = start_run(cfg, ray_run_name=f"status-sweep-{trial}",
+                           tags={"pdml.sweep": "status-sweep", "pdml.trial_id": trial})
+        for step in range(evaluations):
+            client.log_metric(run_id, "val_miou", 0.1 * (step + 1), step=step)
+        if end is not None:
+            end_run(mlflow_uri, run_id, failed=end == "failed")
+        runs[trial] = run_id
+    rows = {row["trial"]: row for row in results_table(cfg, "status-sweep",
+                                                        ended_cleanly={"t0", "t1", "t2"})}
+    assert {t: (r["status"], r["evaluations"]) for t, r in rows.items()} == {
+        "t0": ("completed", 3), "t1": ("stopped early", 1), "t2": ("stopped early", 2),
+        "t3": ("failed", 1)}
+    status = {t: client.get_run(run_id).info.status for t, run_id in runs.items()}
+    assert status == {"t0": "FINISHED", "t1": "KILLED", "t2": "KILLED", "t3": "FAILED"}
 
 
 def test_sweep_logs_trials_table_and_registers_best(ray_cluster, tmp_path, data_root, mlflow_uri):
