@@ -30,7 +30,8 @@ LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I")
 # Checked on the header, before anything is decoded.
 MAX_IMAGE_PIXELS = 64_000_000
 
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# What Pillow raises for a file it cannot decode (besides UnidentifiedImageError, an OSError).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -80,7 +81,7 @@ def _opened(path: Path, what: str, unreadable: str) -> Iterator[Image.Image]:
             raise DataError(path, f"{what} has more than the {MAX_IMAGE_PIXELS / 1e6:g} "
                                   f"megapixels allowed (pdml_ray.data.io.MAX_IMAGE_PIXELS): "
                                   f"{exc}") from None
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise DataError(path, f"{unreadable}: {exc}") from None
     with img:  # closes the file, also when decoding fails
         _check_pixels(path, img.size, what)
@@ -92,7 +93,7 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
     with _opened(path, what, unreadable) as img:
         try:
             img.load()  # decode everything now: truncated files fail here, not in a worker
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise DataError(path, f"{unreadable}: {exc}") from None
     return img
 
@@ -148,7 +149,7 @@ def exif_orientation(path: str | os.PathLike) -> int:
     try:
         with Image.open(path) as img:
             return int(img.getexif().get(_EXIF_ORIENTATION, 1))
-    except (*_DECODE_ERRORS, TypeError):
+    except (*DECODE_ERRORS, TypeError):
         return 1
 
 

@@ -27,13 +27,12 @@ import numpy as np
 import ray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pdml_ray.data.io import atomic_file
+from pdml_ray.data.io import DECODE_ERRORS, atomic_file
 from pdml_ray.inference import SceneParser
 from pdml_ray.reports import class_id_image, overlay, png_bytes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 OUTPUT_SUFFIXES = ("_classes.png", "_overlay.png")  # what write_outputs names its files
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 # What one image may fail with (unreadable, undecodable, too large for memory) without
 # stopping the others; torch reports allocation failures as RuntimeError.
 IMAGE_ERRORS = (ValueError, RuntimeError, MemoryError)
@@ -112,7 +111,7 @@ def decode_image(data: bytes) -> np.ndarray:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except UnidentifiedImageError:
         raise ValueError("not an image file (unknown format or corrupt header)") from None
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise ValueError(f"cannot decode image (corrupt or truncated file?): {exc}") from None
 
 
