@@ -19,10 +19,14 @@ map (``F.unfold``) instead of max-pooling one-hot class maps: memory is then
 
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn.functional as F
 
-EXTENSION_METHODS = ("score+region", "region", "score")
+from pdml_ray.config import ExtensionMethod
+
+EXTENSION_METHODS = typing.get_args(ExtensionMethod)
 
 
 def _neighbourhood_labels(point_labels: torch.Tensor, window: int,

@@ -16,6 +16,7 @@ the feature map is ``ceil(H / output_stride) x ceil(W / output_stride)``.
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model_weights, resnet
 from torchvision.models._utils import IntermediateLayerGetter
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-OUTPUT_STRIDES = (8, 16)
+from pdml_ray.config import Backbone, OutputStride
+
+BACKBONES = typing.get_args(Backbone)
+OUTPUT_STRIDES = typing.get_args(OutputStride)
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
