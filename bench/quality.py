@@ -57,6 +57,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import benchlib
 
@@ -283,6 +284,12 @@ def train_once(cfg) -> dict:
 _BOOKKEEPING = ("mlflow.", "ray.run_name", "ray.storage_path", "ray.address")
 
 
+def _inside_results(path: str) -> str:
+    """``path`` from ``bench/results/`` on when it lies there: the same in every checkout."""
+    marker = "/bench/results/"
+    return path.split(marker, 1)[1] if marker in path else path
+
+
 def run_key(cfg) -> str:
     """A digest of every setting that changes a run's result: runs are deterministic per
     seed (the same settings give the same scores to the decimal), so a finished run with
@@ -299,9 +306,14 @@ def run_key(cfg) -> str:
     elif settings.get("extension.start_epoch") is None:  # the same start, said two ways
         settings["extension.start_epoch"] = cfg.extension.first_epoch(cfg.train.epochs)
     settings.pop("extension.start_fraction", None)
+    for key in ("data.root", "data.points_file"):  # where the checkout lies is not a setting
+        if settings.get(key):
+            settings[key] = _inside_results(settings[key])
     if settings.get("model.pretrained"):  # the file's content, not where it lies
-        settings["model.pretrained"] = hashlib.sha256(
-            open(settings["model.pretrained"], "rb").read()).hexdigest()
+        weights = Path(settings["model.pretrained"])
+        if not weights.exists():  # a record made in another checkout
+            weights = benchlib.RESULTS / _inside_results(str(weights))
+        settings["model.pretrained"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
