@@ -2,7 +2,7 @@
 
 For each ``data.loader_workers`` value (default 0 and 2), one Ray Train run of 2 workers
 executes, in every worker, the service's own pieces: the training and validation loaders
-of ``pdml_ray.service.worker`` (``_loaders``: the same DataLoader, sampler and Ray
+of ``pdml_ray.service.worker`` (``build_loaders``: the same DataLoader, sampler and Ray
 wrapper), the model, optimizer and miner, ``engine.train_one_epoch`` and ``evaluate``.
 It is not ``run_training`` itself, because the loader has to be timed alone and the
 memory read inside the worker. In each worker:
@@ -113,14 +113,14 @@ def measure_loop(loop_config: dict) -> None:
     from pdml_ray.engine import evaluate, make_optimizer, train_one_epoch
     from pdml_ray.models import build_model
     from pdml_ray.service.mining import build_miner
-    from pdml_ray.service.worker import _loaders
+    from pdml_ray.service.worker import build_loaders
 
     cfg = from_dict(loop_config["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
-    train_set, train_loader, val_loader, local_batch = _loaders(cfg, rank, world)
+    train_set, _, train_loader, val_loader, local_batch = build_loaders(cfg, rank, world)
 
     warm, batches, drawn = 2, loop_config["loader_batches"], 0
     epoch = 0

@@ -29,7 +29,7 @@ from pdml_ray.losses import (PDMLTerms, pdml_terms, point_cross_entropy, sample_
 from pdml_ray.metrics import ConfusionMatrix
 from pdml_ray.models import DeepLab, build_model, parameter_groups
 
-IGNORE_INDEX = 255
+from pdml_ray.labels import IGNORE_INDEX
 
 
 def build_model_for(cfg: Config, num_classes: int, *, pretrained: str | None = None) -> DeepLab:

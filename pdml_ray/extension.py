@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pdml_ray.config import ExtensionMethod
+from pdml_ray.labels import IGNORE_INDEX
 
 EXTENSION_METHODS = typing.get_args(ExtensionMethod)
 
@@ -69,7 +70,7 @@ def _checked(scores: torch.Tensor, point_labels: torch.Tensor, *, window: int, m
 @torch.no_grad()
 def online_extension(probs: torch.Tensor, point_labels: torch.Tensor, *, threshold: float = 0.7,
                      window: int = 5, method: str = "score+region",
-                     ignore_index: int = 255) -> torch.Tensor:
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Extend point labels to confident pixels near the points (Eqs. 6-7).
 
     Args:
@@ -123,7 +124,7 @@ def online_extension(probs: torch.Tensor, point_labels: torch.Tensor, *, thresho
 @torch.no_grad()
 def extend_from_logits(logits: torch.Tensor, point_labels: torch.Tensor, *,
                        threshold: float = 0.7, window: int = 5, method: str = "score+region",
-                       ignore_index: int = 255) -> torch.Tensor:
+                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """:func:`online_extension` of ``softmax(logits)``, computed where it can matter.
 
     "region" and "score+region" only ever label pixels inside a point's square, a few
@@ -172,7 +173,7 @@ def extend_from_logits(logits: torch.Tensor, point_labels: torch.Tensor, *,
 
 
 def extension_accuracy(extended: torch.Tensor, point_labels: torch.Tensor, mask: torch.Tensor,
-                       ignore_index: int = 255) -> tuple[int, int]:
+                       ignore_index: int = IGNORE_INDEX) -> tuple[int, int]:
     """How many newly labelled pixels match the dense ground truth (paper Table 5).
 
     Args:

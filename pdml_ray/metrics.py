@@ -7,6 +7,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from pdml_ray.labels import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """Counts of (true class, predicted class) over every non-ignored pixel seen.
@@ -18,7 +20,7 @@ class ConfusionMatrix:
     so ``compute`` can be called any number of times.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes

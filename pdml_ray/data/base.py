@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
+from pdml_ray.labels import IGNORE_INDEX
+
 from .errors import DataError
 from .io import exif_orientation, file_problem, image_size, read_image, read_label
 from .points import PointTable, read_points, shown_id
-from .transforms import IGNORE_INDEX, Sample, points_to_sample, rasterize_points, to_model_input
+from .transforms import Sample, points_to_sample, rasterize_points, to_model_input
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg")  # matched in any case: .JPG from cameras is common

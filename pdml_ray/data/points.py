@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy import ndimage
 
+from pdml_ray.labels import IGNORE_INDEX
+
 from .errors import DataError
 from .io import atomic_file, file_problem
 
@@ -34,7 +36,7 @@ _INT64 = np.iinfo(np.int64)
 
 # -- generation ----------------------------------------------------------------------
 def generate_points(label: np.ndarray, instances: np.ndarray | None = None, *,
-                    ignore_index: int = 255, seed: int = 0,
+                    ignore_index: int = IGNORE_INDEX, seed: int = 0,
                     strategy: str = "random") -> np.ndarray:
     """One point per instance of a dense label map, as the paper's annotators would click.
 

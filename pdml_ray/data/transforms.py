@@ -27,9 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pdml_ray.labels import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
 
 Sample = dict[str, torch.Tensor]
 

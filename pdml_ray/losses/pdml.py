@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from pdml_ray.labels import IGNORE_INDEX
 from pdml_ray.losses.triplet_mining import mine_triplets
 
 
@@ -177,7 +178,7 @@ def _check_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
 def pdml_terms(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor,
                subgroup_ids: torch.Tensor | None = None, *, margin: float = 20.0,
                alpha: float = 0.8, beta: float = 1.0, pairing: str = "paper",
-               ignore_index: int = 255) -> PDMLTerms:
+               ignore_index: int = IGNORE_INDEX) -> PDMLTerms:
     """Mine the triplets of a batch of points (Algorithm 1) and score them (Eqs. 3-5).
 
     Args:
@@ -202,7 +203,7 @@ def pdml_terms(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: torch.
 def pdml_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor,
                       subgroup_ids: torch.Tensor | None = None, *, margin: float = 20.0,
                       alpha: float = 0.8, beta: float = 1.0, pairing: str = "paper",
-                      ignore_index: int = 255) -> torch.Tensor:
+                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """The scalar PDML loss L_t averaged over mined triplets; see :func:`pdml_terms`."""
     return pdml_terms(embeddings, labels, image_ids, subgroup_ids, margin=margin, alpha=alpha,
                       beta=beta, pairing=pairing, ignore_index=ignore_index).loss
@@ -211,7 +212,7 @@ def pdml_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, image_ids:
 @torch.no_grad()
 def triplet_distances(embeddings: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor,
                       subgroup_ids: torch.Tensor | None = None, *, pairing: str = "paper",
-                      ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+                      ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-triplet dis(+) and dis(-), each ``(T,)`` and detached, in mining order.
 
     For histograms of the distance distributions during training (the paper's Figure 4).

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pdml_ray.labels import IGNORE_INDEX
+
 
 def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                        ignore_index: int = 255) -> torch.Tensor:
+                        ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean negative log-likelihood of the labelled pixels.
 
     Args:
@@ -30,7 +32,8 @@ def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def split_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, point_labels: torch.Tensor,
-                        ignore_index: int = 255, extended_weight: float = 1.0) -> torch.Tensor:
+                        ignore_index: int = IGNORE_INDEX,
+                        extended_weight: float = 1.0) -> torch.Tensor:
     """The mean over the points plus ``extended_weight`` x the mean over the other
     labelled pixels.
 

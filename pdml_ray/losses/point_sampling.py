@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pdml_ray.labels import IGNORE_INDEX
+
 
 def sample_point_embeddings(embed: torch.Tensor, point_labels: torch.Tensor,
-                            ignore_index: int = 255
+                            ignore_index: int = IGNORE_INDEX
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bilinearly sample ``embed`` at every labelled pixel of ``point_labels``.
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from pdml_ray.labels import IGNORE_INDEX
+
 PAIRINGS = ("paper", "all")
 
 
@@ -53,7 +55,7 @@ def mine_triplets_between(query_labels: torch.Tensor, query_image_ids: torch.Ten
                           key_labels: torch.Tensor, key_image_ids: torch.Tensor, *,
                           query_subgroup_ids: torch.Tensor | None = None,
                           key_subgroup_ids: torch.Tensor | None = None,
-                          pairing: str = "paper", ignore_index: int = 255) -> torch.Tensor:
+                          pairing: str = "paper", ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Triplets whose anchor is a query point and whose positive and negative are key points.
 
     For each labelled query point i (the anchor) and each image m among the key points of
@@ -151,7 +153,7 @@ def mine_triplets_between(query_labels: torch.Tensor, query_image_ids: torch.Ten
 
 def mine_triplets(labels: torch.Tensor, image_ids: torch.Tensor,
                   subgroup_ids: torch.Tensor | None = None, *, pairing: str = "paper",
-                  ignore_index: int = 255) -> torch.Tensor:
+                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Algorithm 1 over one set of points: anchor, positive and negative all come from it.
 
     Args:

@@ -17,7 +17,7 @@ from pdml_ray.config import from_dict
 from pdml_ray.data import build_dataset, pad_collate
 from pdml_ray.data.transforms import to_model_input
 from pdml_ray.engine import build_model_for, evaluate, make_optimizer, train_one_epoch
-from pdml_ray.reports import prediction_grid
+from pdml_ray.reports import markdown_table, prediction_grid
 from pdml_ray.service.checkpoint import load_training_state, save_training_state
 from pdml_ray.service.diagnostics import DistanceRecorder
 from pdml_ray.service.mining import build_miner
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 SAMPLE_IMAGES = 4  # validation images drawn as image | truth | prediction at each evaluation
 
 
-def _loaders(cfg, rank: int, world: int):
+def build_loaders(cfg, rank: int, world: int):
+    """(train set, val set, train loader, val loader, per-worker batch size) of worker
+    ``rank`` of ``world``."""
     train_set = build_dataset(cfg.data, "train")
     val_set = build_dataset(cfg.data, "val")
     local_batch = cfg.train.batch_size // world
@@ -59,7 +61,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
 
-    train_set, val_set, train_loader, val_loader, local_batch = _loaders(cfg, rank, world)
+    train_set, val_set, train_loader, val_loader, local_batch = build_loaders(cfg, rank, world)
     model = build_model_for(cfg, train_set.num_classes, pretrained=cfg.model.pretrained)
     optimizer = make_optimizer(cfg, model)  # param groups need the unwrapped backbone/classifier
     model = ray.train.torch.prepare_model(model)
@@ -196,6 +198,5 @@ def per_class_metrics(class_names, per_class_iou) -> dict[str, float]:
 
 def per_class_table(class_names, per_class_iou) -> str:
     """A markdown table of per-class IoU (NaN: class absent from prediction and truth)."""
-    rows = ["| class | IoU |", "|---|---|"]
-    rows += [f"| {name} | {iou:.4f} |" for name, iou in zip(class_names, per_class_iou)]
-    return "\n".join(rows) + "\n"
+    return markdown_table(("class", "IoU"), [(name, f"{iou:.4f}")
+                                              for name, iou in zip(class_names, per_class_iou)])
