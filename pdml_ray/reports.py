@@ -11,7 +11,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -150,6 +150,16 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 # -- tables --------------------------------------------------------------------------
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], *,
+                   right_aligned: bool = False) -> str:
+    """``rows`` under ``header`` as a markdown table, one line per row; cells are written
+    with ``str`` (format numbers before). ``right_aligned``: numbers' columns (``---:``)."""
+    rule = "---:|" if right_aligned else "---|"
+    lines = ["| " + " | ".join(header) + " |", "|" + rule * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _percent(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
@@ -166,12 +176,11 @@ def iou_table_markdown(class_names: Sequence[str], per_class_iou: Sequence[float
     lines = [f"# {title}", ""] if title else []
     lines.append("IoU (%) per class on the validation split; – : class absent from truth "
                  "and prediction.")
+    text = "\n".join(lines) + "\n"
     for start in range(0, len(cells), columns):
-        block = cells[start:start + columns]
-        lines += ["", "| " + " | ".join(name for name, _ in block) + " |",
-                  "|" + "---:|" * len(block),
-                  "| " + " | ".join(value for _, value in block) + " |"]
-    return "\n".join(lines) + "\n"
+        names, values = zip(*cells[start:start + columns])
+        text += "\n" + markdown_table(names, [values], right_aligned=True)
+    return text
 
 
 def iou_table_csv(class_names: Sequence[str], per_class_iou: Sequence[float], *,
