@@ -76,19 +76,26 @@ _http_env_lock = threading.Lock()
 
 
 @contextmanager
+def environ_scope(values: Mapping[str, str]) -> Iterator[None]:
+    """Environment variables set to ``values`` for a block (MLflow reads its settings
+    from the environment), then put back as they were: unset ones unset again."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def fail_fast_http() -> Iterator[None]:
     """MLflow HTTP requests made in this block get one try and a 5 s timeout."""
-    with _http_env_lock:
-        saved = {key: os.environ.get(key) for key in FAIL_FAST_HTTP}
-        os.environ.update(FAIL_FAST_HTTP)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with _http_env_lock, environ_scope(FAIL_FAST_HTTP):
+        yield
 
 
 @contextmanager
@@ -99,17 +106,13 @@ def tracking_uri_scope(uri: str) -> Iterator[None]:
     left in place, it would redirect every later run of a long-lived process (a Tune
     trial, a notebook, a test session) to this store.
     """
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+    with environ_scope({"MLFLOW_TRACKING_URI": uri}):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
+import mlflow
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pdml_ray.service.tracking import RUN_NAME_TAG, MetricLogger, start_run, start_system_metrics
+from pdml_ray.service.tracking import (RUN_NAME_TAG, MetricLogger, environ_scope, fail_fast_http,
+                                       start_run, start_system_metrics, tracking_uri_scope)
 from tests.helpers import tiny_config, wait_for
 
 
@@ -105,3 +109,36 @@ def test_system_metrics_go_to_the_run(mlflow_uri):
     metrics = store.get_run(run_id).data.metrics
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
         metrics)
+
+
+def test_environ_scope_puts_back_set_and_unset_variables_even_after_an_error(monkeypatch):
+    monkeypatch.setenv("PDML_TEST_SET", "before")
+    monkeypatch.delenv("PDML_TEST_UNSET", raising=False)
+    with pytest.raises(KeyError):
+        with environ_scope({"PDML_TEST_SET": "inside", "PDML_TEST_UNSET": "inside"}):
+            assert os.environ["PDML_TEST_SET"] == os.environ["PDML_TEST_UNSET"] == "inside"
+            raise KeyError("the block fails")
+    assert os.environ["PDML_TEST_SET"] == "before" and "PDML_TEST_UNSET" not in os.environ
+
+
+def test_fail_fast_http_and_tracking_uri_scope_leave_no_setting_behind(monkeypatch, mlflow_uri,
+                                                                       tmp_path):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    with fail_fast_http():
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "120"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    with tracking_uri_scope(mlflow_uri):
+        assert mlflow.get_tracking_uri() == mlflow_uri
+    assert mlflow.get_tracking_uri() == before and "MLFLOW_TRACKING_URI" not in os.environ
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    with tracking_uri_scope(mlflow_uri):
+        assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_uri
+    assert os.environ["MLFLOW_TRACKING_URI"] == other
