@@ -246,6 +246,12 @@ class MetricLogger:
         except Exception as exc:
             log.warning("could not log image %s of step %d to MLflow: %s", key, step, exc)
 
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        """The file ``local_path`` into the run's artifacts, below ``artifact_path``; one
+        fast try, and an error the caller handles (it knows what the lost file costs)."""
+        with fail_fast_http():
+            self.client.log_artifact(self.run_id, local_path, artifact_path)
+
     def log_artifact_text(self, text: str, artifact_file: str) -> None:
         try:
             with fail_fast_http():
