@@ -1,12 +1,15 @@
-"""What every job's command line shares: --config, --set, --project-dir, the inference
-flags of predict and evaluate, and clean errors."""
+"""What every job's command line shares: --config, --set, --project-dir, the start of a
+job that runs on Ray (train, sweep), the inference flags of predict and evaluate, and
+clean errors."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 from pdml_ray.config import Config, ConfigError, load_config, project_dir, resolve_paths
 
@@ -32,6 +35,37 @@ def config_from_args(args: argparse.Namespace) -> Config:
     base = project_dir(args.project_dir)
     os.environ["PDML_PROJECT_DIR"] = str(base)  # so trials and workers anchor paths the same way
     return resolve_paths(load_config(args.config, args.overrides), base)
+
+
+def parse_config_command(prog: str, description: str,
+                         argv: Sequence[str] | None = None) -> Config:
+    """The config of a job whose only arguments are the config ones (jobs.train,
+    tuning.sweep): ``argv`` (None: ``sys.argv[1:]``) parsed, the file read, the
+    overrides applied and checked, and paths resolved. Raises ConfigError naming the
+    file or key; argparse exits 2 on an unknown flag."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    return config_from_args(parser.parse_args(argv))
+
+
+@contextlib.contextmanager
+def ray_job(cfg: Config, *, include_sweep: bool = False) -> Iterator[None]:
+    """The start of a job that runs on Ray, then the Ray session at ``ray.address``.
+
+    The MLflow store is checked first, so a wrong tracking URI fails in seconds rather
+    than after Ray has started; the settings that differ from the defaults (with the
+    sweep section when ``include_sweep``) are printed before anything runs.
+    """
+    from pdml_ray.console import settings_summary
+    from pdml_ray.service.runtime import configure_logging, ray_session
+    from pdml_ray.service.tracking import check_tracking_store
+
+    configure_logging()
+    check_tracking_store(cfg.mlflow.tracking_uri)
+    print(settings_summary(cfg, resolve_paths(Config()), include_sweep=include_sweep), flush=True)
+    with ray_session(cfg.ray.address):
+        yield
 
 
 def _user_error(exc: BaseException) -> BaseException | None:
@@ -74,25 +108,33 @@ def run_cli(main: Callable[[], int | None]) -> None:
     sys.exit(code or 0)
 
 
+# argparse types: a ValueError would be reported as "invalid positive_int value", so each
+# raises ArgumentTypeError, which argparse prints after the flag's name.
 def scales_arg(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not scales or min(scales) <= 0:
+    if not scales or not all(0 < scale < math.inf for scale in scales):
         raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
     return scales
 
 
 def overlap_arg(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"overlap is a fraction in [0, 1), got {text}")
     return value
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value

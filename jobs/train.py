@@ -6,29 +6,15 @@
 
 from __future__ import annotations
 
-import argparse
-
-from jobs.cli import add_config_arguments, config_from_args, run_cli
-from pdml_ray.config import Config, resolve_paths
+from jobs.cli import parse_config_command, ray_job, run_cli
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
-    args = parser.parse_args()
-    cfg = config_from_args(args)
+    cfg = parse_config_command("python -m jobs.train", __doc__)
 
-    from pdml_ray.console import settings_summary
     from pdml_ray.service.driver import run_training
-    from pdml_ray.service.runtime import configure_logging, ray_session
 
-    from pdml_ray.service.tracking import check_tracking_store
-
-    configure_logging()
-    check_tracking_store(cfg.mlflow.tracking_uri)  # fail in seconds, before Ray starts
-    print(settings_summary(cfg, resolve_paths(Config())), flush=True)
-    with ray_session(cfg.ray.address):
+    with ray_job(cfg):
         result = run_training(cfg, console=True)
     print(f"\nRay run        {result.run_name}")
     print(f"MLflow run     {result.mlflow_run_id} in {cfg.mlflow.tracking_uri}")

@@ -511,6 +511,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
         value = yaml.load(text, Loader=UniqueKeyLoader) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: cannot parse value {text!r}: {exc}") from None
+    except ConfigError as exc:  # a key repeated inside the value: {a: 1, a: 2}
+        raise ConfigError(f"{key.strip()}.{exc}") from None
     return key.strip(), value
 
 

@@ -10,28 +10,16 @@ without rerunning finished trials.
 
 from __future__ import annotations
 
-import argparse
-
-from jobs.cli import add_config_arguments, config_from_args, run_cli
-from pdml_ray.config import Config, resolve_paths
+from jobs.cli import parse_config_command, ray_job, run_cli
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuning.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser)
-    args = parser.parse_args()
-    cfg = config_from_args(args)
+    cfg = parse_config_command("python -m tuning.sweep", __doc__)
 
-    from pdml_ray.console import settings_summary
-    from pdml_ray.service.runtime import configure_logging, ray_session
-    from pdml_ray.service.sweep import run_sweep, table_markdown
-    from pdml_ray.service.tracking import check_tracking_store
+    from pdml_ray.service.sweep import run_sweep
+    from pdml_ray.service.sweep_results import table_markdown
 
-    configure_logging()
-    check_tracking_store(cfg.mlflow.tracking_uri)  # fail in seconds, before Ray starts
-    print(settings_summary(cfg, resolve_paths(Config()), include_sweep=True), flush=True)
-    with ray_session(cfg.ray.address):
+    with ray_job(cfg, include_sweep=True):
         result = run_sweep(cfg)
     print(f"\nsweep {result.name}: {len(result.table)} trials "
           f"(MLflow parent run {result.parent_run_id} in {cfg.mlflow.tracking_uri})\n")
