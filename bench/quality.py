@@ -288,7 +288,7 @@ _BOOKKEEPING = ("mlflow.", "ray.run_name", "ray.storage_path", "ray.address")
 
 def _inside_results(path: str) -> str:
     """``path`` from ``bench/results/`` on when it lies there: the same in every checkout."""
-    marker = "/bench/results/"
+    marker = "bench/results/"
     return path.split(marker, 1)[1] if marker in path else path
 
 
