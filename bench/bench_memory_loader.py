@@ -111,8 +111,8 @@ def measure_loop(loop_config: dict) -> None:
 
     from pdml_ray.config import from_dict
     from pdml_ray.engine import evaluate, make_optimizer, train_one_epoch
+    from pdml_ray.mining import build_miner
     from pdml_ray.models import build_model
-    from pdml_ray.service.mining import build_miner
     from pdml_ray.service.worker import build_loaders
 
     cfg = from_dict(loop_config["config"])

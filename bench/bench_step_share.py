@@ -44,9 +44,10 @@ import benchlib
 from bench_pdml import make_points
 from pdml_ray.config import Config, from_dict
 from pdml_ray.data import build_dataset
-from pdml_ray.engine import InBatchMiner, make_optimizer, train_one_epoch
+from pdml_ray.engine import make_optimizer, train_one_epoch
 from pdml_ray.extension import extend_from_logits, extension_accuracy
 from pdml_ray.losses import pdml_terms, sample_point_embeddings
+from pdml_ray.mining import InBatchMiner
 from pdml_ray.models import build_model
 
 

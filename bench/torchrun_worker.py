@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pdml_ray.config import load_config
 from pdml_ray.data import build_dataset
 from pdml_ray.engine import make_optimizer, train_one_epoch
+from pdml_ray.mining import build_miner
 from pdml_ray.models import build_model
 from pdml_ray.service.diagnostics import DistanceRecorder
-from pdml_ray.service.mining import build_miner
 
 
 def main() -> None:

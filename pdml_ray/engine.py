@@ -16,17 +16,16 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from pdml_ray.config import Config, LossConfig
+from pdml_ray.config import Config
 from pdml_ray.extension import extend_from_logits, extension_accuracy
-from pdml_ray.losses import (PDMLTerms, pdml_terms, point_cross_entropy, sample_point_embeddings,
-                             split_cross_entropy)
+from pdml_ray.losses import point_cross_entropy, sample_point_embeddings, split_cross_entropy
 from pdml_ray.metrics import ConfusionMatrix
+from pdml_ray.mining import PointBatch, TripletMiner
 from pdml_ray.models import DeepLab, build_model, parameter_groups
 
 from pdml_ray.labels import IGNORE_INDEX
@@ -65,54 +64,16 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
-# -- triplet mining scopes ---------------------------------------------------------------
-@dataclass
-class PointBatch:
-    """The labelled points of one local batch.
-
-    embeddings (N, D) carry gradients to the feature map; labels (N,) class ids;
-    image_ids (N,) global dataset indices; batch_index (N,) position of the point's image
-    in the local batch (0..B-1), from which miners derive subgroups.
-    """
-
-    embeddings: torch.Tensor
-    labels: torch.Tensor
-    image_ids: torch.Tensor
-    batch_index: torch.Tensor
-
-
-class TripletMiner(Protocol):
-    """Turns a batch's points into the PDML terms; the service plugs in cross-worker scopes.
-
-    A miner may expose ``stats: dict[str, float]`` about its last call (store hits,
-    latency); the training step logs them with the loss terms.
-    """
-
-    def __call__(self, points: PointBatch) -> PDMLTerms: ...
-
-
-class InBatchMiner:
-    """Triplets among the images of this process's batch, in subgroups of consecutive images."""
-
-    def __init__(self, loss_cfg: LossConfig):
-        self.loss_cfg = loss_cfg
-
-    def __call__(self, points: PointBatch) -> PDMLTerms:
-        cfg = self.loss_cfg
-        return pdml_terms(points.embeddings, points.labels, points.image_ids,
-                          points.batch_index // cfg.subgroup_size, margin=cfg.margin,
-                          alpha=cfg.alpha, beta=cfg.beta, pairing=cfg.pairing)
-
-
 # -- one step ---------------------------------------------------------------------------
 def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
-                 cfg: Config, epoch: int, miner: TripletMiner | None
+                 cfg: Config, epoch: int, miner: TripletMiner | None, step: int = 0
                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training objective of the configured supervision mode, and what to log.
 
     ``full`` trains on dense masks (the upper bound); the point modes train on the
     sparse point map, optionally extended online from this same forward pass
-    (no second forward), plus the weighted PDML term over the original points.
+    (no second forward), plus the weighted PDML term over the original points, whose
+    triplets ``miner`` forms at global step ``step``.
     """
     logits, embed = output["out"], output["embed"]
     point_labels = batch["point_labels"]
@@ -141,12 +102,12 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     if cfg.uses_pdml and miner is not None:
         embeddings, labels, batch_index = sample_point_embeddings(embed.float(), point_labels)
         points = PointBatch(embeddings, labels, batch["image_index"][batch_index], batch_index)
-        terms = miner(points)
+        terms = miner(points, step=step)
         loss = loss + cfg.loss.pdml_weight * terms.loss
         logs.update(loss_pdml=float(terms.loss.detach()), loss_pull=float(terms.pull),
                     loss_hinge=float(terms.hinge), dis_pos=float(terms.pos_dist),
                     dis_neg=float(terms.neg_dist), triplets=float(terms.num_triplets))
-        logs.update(getattr(miner, "stats", {}))
+        logs.update(miner.stats)
     logs["loss"] = loss.item()
     return loss, logs
 
@@ -225,7 +186,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
         batch = _to_device(batch, device)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             output = model(batch["image"])
-        loss, logs = compute_loss(output, batch, cfg=cfg, epoch=epoch, miner=miner)
+        loss, logs = compute_loss(output, batch, cfg=cfg, epoch=epoch, miner=miner,
+                                  step=step)
         if not math.isfinite(logs["loss"]):
             raise FloatingPointError(
                 f"non-finite loss {logs['loss']} at step {step} (epoch {epoch}); terms: {logs}. "

@@ -10,10 +10,11 @@ from torch.utils.data import DataLoader, Subset
 
 from pdml_ray.config import Config, from_dict
 from pdml_ray.data import build_dataset, ensure_synthetic
-from pdml_ray.engine import (InBatchMiner, build_model_for, compute_loss, evaluate,
-                             make_optimizer, poly_lr, train_one_epoch)
+from pdml_ray.engine import (build_model_for, compute_loss, evaluate, make_optimizer, poly_lr,
+                             train_one_epoch)
 from pdml_ray.extension import extend_from_logits
 from pdml_ray.losses import point_cross_entropy, split_cross_entropy
+from pdml_ray.mining import InBatchMiner
 from pdml_ray.models import build_model
 
 
@@ -115,6 +116,34 @@ def test_training_lowers_loss_and_raises_train_miou(scenes, mode):
         assert all(means["triplets"] > 0 for means in logged)
     if mode.endswith("+ext"):
         assert "ext_accuracy" in logged[-1] and 0.0 <= logged[-1]["ext_accuracy"] <= 1.0
+
+
+class StepRecordingMiner(InBatchMiner):
+    """An in-batch miner that keeps the steps it is called at and reports the last one."""
+
+    def __init__(self, loss_cfg):
+        super().__init__(loss_cfg)
+        self.steps: list[int] = []
+
+    def __call__(self, points, *, step: int):
+        self.steps.append(step)
+        self.stats = {"miner_step": float(step)}
+        return super().__call__(points, step=step)
+
+
+def test_the_miner_works_at_the_global_step_and_its_stats_are_logged(scenes):
+    cfg = Config(data=scenes).replace(**{"train.supervision": "point+pdml", "train.batch_size": 2,
+                                         "train.log_every_steps": 1, "loss.subgroup_size": 2,
+                                         "model.backbone": "resnet18"})
+    loader = DataLoader(Subset(build_dataset(cfg.data, "train"), range(6)), batch_size=2)
+    model = build_model(num_classes=8, backbone="resnet18")
+    miner = StepRecordingMiner(cfg.loss)
+    logged: dict[int, dict] = {}
+    step = train_one_epoch(model, loader, make_optimizer(cfg, model), cfg=cfg, epoch=2,
+                           start_step=5, total_steps=7, device=torch.device("cpu"), miner=miner,
+                           on_log=lambda at, means: logged.update({at: means}))
+    assert step == 7 and miner.steps == [5, 6]  # a resumed run's steps, stopped at the total
+    assert {at: means["miner_step"] for at, means in logged.items()} == {6: 5.0, 7: 6.0}
 
 
 def test_non_finite_loss_stops_training(scenes):

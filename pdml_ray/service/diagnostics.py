@@ -1,11 +1,10 @@
 """Training diagnostics that rank 0 logs into the run: the dis(+)/dis(-) histograms of
 the first and the last epoch (the paper's Figure 4).
 
-:class:`DistanceRecorder` wraps the step's triplet miner for the epochs it records and,
-from the same point embeddings the step already sampled (no extra forward pass), measures
-every in-batch triplet of this worker's batch with
-:func:`~pdml_ray.losses.triplet_distances`. The loss itself is untouched: the wrapped
-miner is called exactly as before, so every worker still joins the same collectives.
+:class:`DistanceRecorder` wraps the step's triplet miner in a
+:class:`~pdml_ray.mining.RecordingMiner` for the epochs it records, which measures every
+in-batch triplet of this worker's batch from the embeddings the step already sampled and
+leaves the loss untouched.
 """
 
 from __future__ import annotations
@@ -16,10 +15,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pdml_ray.config import Config
-from pdml_ray.engine import PointBatch, TripletMiner
-from pdml_ray.losses import PDMLTerms, triplet_distances
+from pdml_ray.mining import RecordingMiner, TripletMiner
 from pdml_ray.reports import plot_distance_histograms, save_figure
 
 log = logging.getLogger(__name__)
@@ -53,26 +52,6 @@ class Reservoir:
             self.seen += len(rows)
 
 
-class _RecordingMiner:
-    """The step's miner, plus a look at the distances of the batch's in-batch triplets."""
-
-    def __init__(self, miner: TripletMiner, recorder: DistanceRecorder, sample: Reservoir):
-        self.miner, self.recorder, self.sample = miner, recorder, sample
-
-    @property
-    def stats(self) -> dict[str, float]:
-        return getattr(self.miner, "stats", {})
-
-    def __call__(self, points: PointBatch) -> PDMLTerms:
-        loss_cfg = self.recorder.cfg.loss
-        pos, neg = triplet_distances(points.embeddings.detach(), points.labels, points.image_ids,
-                                     points.batch_index // loss_cfg.subgroup_size,
-                                     pairing=loss_cfg.pairing)
-        if pos.numel():
-            self.sample.add(np.stack([pos.cpu().numpy(), neg.cpu().numpy()], axis=1))
-        return self.miner(points)
-
-
 class DistanceRecorder:
     """Per-triplet dis(+) and dis(-) over the first and the last epoch of a run.
 
@@ -99,7 +78,12 @@ class DistanceRecorder:
         if epoch not in self.epochs:
             return miner
         sample = self.samples.setdefault(epoch, Reservoir(self.capacity, 2, seed=epoch))
-        return _RecordingMiner(miner, self, sample)
+
+        def record(pos: torch.Tensor, neg: torch.Tensor) -> None:
+            sample.add(np.stack([pos.cpu().numpy(), neg.cpu().numpy()], axis=1))
+
+        return RecordingMiner(miner, record, subgroup_size=self.cfg.loss.subgroup_size,
+                              pairing=self.cfg.loss.pairing)
 
     def distances(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{"epoch k": (dis(+) (T,), dis(-) (T,))}`` of the recorded epochs (1-based)."""
@@ -126,11 +110,11 @@ class DistanceRecorder:
                 folder / "triplet_distances.npz"]
 
     def log(self, tracker) -> None:
-        """Log the files into the run of ``tracker`` (a ``MetricLogger``); a tracking
-        failure costs the plot, never the training run."""
+        """Log the files into the run of ``tracker`` (a ``MetricLogger``); a failure to
+        draw or log costs the plot, never the training run."""
         try:
             with tempfile.TemporaryDirectory() as folder:
                 for path in self.write(folder):
-                    tracker.client.log_artifact(tracker.run_id, str(path), ARTIFACT_DIR)
+                    tracker.log_artifact(str(path), ARTIFACT_DIR)
         except Exception as exc:
             log.warning("could not log the distance histograms to MLflow: %s", exc)

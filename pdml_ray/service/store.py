@@ -8,7 +8,6 @@ memory only: if it dies, Ray restarts it empty and training mines in-batch meanw
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
 import numpy as np
@@ -97,7 +96,8 @@ def create_store(run_name: str, capacity: int, seed: int = 0) -> ray.actor.Actor
 
 
 class StoreClient:
-    """A worker's fault-tolerant view of the store.
+    """A worker's fault-tolerant view of the store: the
+    :class:`~pdml_ray.mining.EmbeddingSampler` that the store miner draws from.
 
     Every call is guarded: when the actor is gone or restarting, the call returns
     nothing, the worker mines in-batch for that step, and the handle is looked up
@@ -165,9 +165,3 @@ class StoreClient:
         except Exception as exc:
             self._fail(step, type(exc).__name__)
 
-
-def timed(fn, *args, **kwargs):
-    """``(result, milliseconds)`` of one call."""
-    tick = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, (time.perf_counter() - tick) * 1e3

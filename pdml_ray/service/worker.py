@@ -17,10 +17,10 @@ from pdml_ray.config import from_dict
 from pdml_ray.data import build_dataset, pad_collate
 from pdml_ray.data.transforms import to_model_input
 from pdml_ray.engine import build_model_for, evaluate, make_optimizer, train_one_epoch
+from pdml_ray.mining import build_miner
 from pdml_ray.reports import markdown_table, prediction_grid
 from pdml_ray.service.checkpoint import load_training_state, save_training_state
 from pdml_ray.service.diagnostics import DistanceRecorder
-from pdml_ray.service.mining import build_miner
 from pdml_ray.service.progress import WorkerProgress
 from pdml_ray.service.store import StoreClient
 from pdml_ray.service.tracking import MetricLogger, start_system_metrics

@@ -1,14 +1,17 @@
-"""The dis(+)/dis(-) recorder of the first and last epoch (no Ray, no MLflow)."""
+"""The dis(+)/dis(-) recorder of the first and last epoch (no Ray; MLflow only where the
+files are logged into a run)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 
 from pdml_ray.config import Config
-from pdml_ray.engine import InBatchMiner, PointBatch
 from pdml_ray.losses import triplet_distances
-from pdml_ray.service.diagnostics import DistanceRecorder, Reservoir
+from pdml_ray.mining import InBatchMiner, PointBatch
+from pdml_ray.service.diagnostics import ARTIFACT_DIR, DistanceRecorder, Reservoir
+from pdml_ray.service.tracking import MetricLogger
 
 
 def points(seed: int) -> PointBatch:
@@ -45,7 +48,7 @@ def test_recorder_watches_only_the_first_and_last_epoch_and_keeps_the_loss():
         watched = recorder.watch(miner, epoch)
         assert watched is not miner and watched.stats == {}
         batch = points(epoch)
-        torch.testing.assert_close(watched(batch).loss, miner(batch).loss)
+        torch.testing.assert_close(watched(batch, step=0).loss, miner(batch, step=0).loss)
         expected[f"epoch {epoch + 1}"] = triplet_distances(
             batch.embeddings, batch.labels, batch.image_ids, batch.batch_index // 2)
     recorded = recorder.distances()
@@ -66,7 +69,7 @@ def test_recorder_writes_the_plot_and_the_raw_values(tmp_path):
     recorder = DistanceRecorder(cfg, last_epoch=1)
     assert recorder.write(tmp_path) == []  # nothing seen, nothing written
     for epoch in (0, 1):
-        recorder.watch(InBatchMiner(cfg.loss), epoch)(points(epoch))
+        recorder.watch(InBatchMiner(cfg.loss), epoch)(points(epoch), step=0)
     written = recorder.write(tmp_path)
     assert sorted(path.name for path in written) == ["distance_histograms.png",
                                                      "triplet_distances.npz"]
@@ -75,18 +78,43 @@ def test_recorder_writes_the_plot_and_the_raw_values(tmp_path):
     np.testing.assert_array_equal(arrays["pos_epoch_2"], recorder.distances()["epoch 2"][0])
 
 
-class FailingClient:
-    def log_artifact(self, *args, **kwargs):
+class StatsMiner(InBatchMiner):
+    """An in-batch miner that, like the store miner, describes each call in ``stats``."""
+
+    def __call__(self, points: PointBatch, *, step: int):
+        self.stats = {"calls_at_step": float(step)}
+        return super().__call__(points, step=step)
+
+
+def test_the_recording_wrapper_passes_the_step_and_shows_the_miners_stats():
+    cfg = Config().replace(**{"loss.subgroup_size": 2})
+    watched = DistanceRecorder(cfg, last_epoch=0).watch(StatsMiner(cfg.loss), 0)
+    watched(points(0), step=7)
+    assert watched.stats == {"calls_at_step": 7.0}
+
+
+def test_the_files_go_into_the_run(tmp_path, mlflow_uri):
+    cfg = Config().replace(**{"loss.subgroup_size": 2})
+    recorder = DistanceRecorder(cfg, last_epoch=0)
+    recorder.watch(InBatchMiner(cfg.loss), 0)(points(0), step=0)
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("diagnostics",
+                                          artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    recorder.log(MetricLogger(mlflow_uri, run_id))
+    logged = sorted(entry.path for entry in client.list_artifacts(run_id, ARTIFACT_DIR))
+    assert logged == [f"{ARTIFACT_DIR}/distance_histograms.png",
+                      f"{ARTIFACT_DIR}/triplet_distances.npz"]
+
+
+class FailingTracker:
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         raise ConnectionError("tracking server down")
-
-
-class Tracker:
-    client, run_id = FailingClient(), "run"
 
 
 def test_a_tracking_outage_costs_the_plot_not_the_run(tmp_path, caplog):
     cfg = Config().replace(**{"loss.subgroup_size": 2})
     recorder = DistanceRecorder(cfg, last_epoch=0)
-    recorder.watch(InBatchMiner(cfg.loss), 0)(points(0))
-    recorder.log(Tracker())
+    recorder.watch(InBatchMiner(cfg.loss), 0)(points(0), step=0)
+    recorder.log(FailingTracker())
     assert "could not log the distance histograms" in caplog.text

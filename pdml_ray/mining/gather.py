@@ -1,4 +1,4 @@
-"""Differentiable gathering of point embeddings across DDP workers.
+"""Differentiable gathering of point embeddings across DDP processes (torch.distributed).
 
 Global subgroups need every worker's points. ``all_gather_single_autograd`` is
 differentiable: its backward is a reduce-scatter, so the gradient a worker receives
