@@ -24,6 +24,25 @@ if "MPLCONFIGDIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The ``ray`` marker is how ``-m "not ray"`` leaves out the slow tests: a test that
+    uses the session's Ray cluster without it is refused at collection."""
+    unmarked = [item.nodeid for item in items
+                if "ray_cluster" in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("ray") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using the ray_cluster fixture must be marked "
+                                "@pytest.mark.ray: " + ", ".join(unmarked))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # helpers.run_job checks that a job run by a test without the marker starts no Ray.
+    from tests import helpers  # here, not at the top: after this file has set the environment
+
+    helpers.CURRENT_TEST["ray"] = item.get_closest_marker("ray") is not None
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray (2 CPUs) for all end-to-end tests of a session, with its files

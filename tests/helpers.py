@@ -5,11 +5,14 @@ afterwards). Fixtures live in the conftest files; this module holds plain functi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -108,14 +111,38 @@ def start_job(args: list[str], env: dict[str, str], log_file: Path) -> subproces
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+# Whether the running test carries the ``ray`` marker (set by tests/conftest.py).
+CURRENT_TEST = {"ray": True}
+
+
 def run_job(*args: str, env: dict[str, str] | None = None, timeout_s: float = 900
             ) -> subprocess.CompletedProcess:
     """``python -m <args>`` run to its end as a user would (``env``: :func:`job_env` by
     default); every process it started is gone afterwards. ``left_running`` on the result
     lists the command lines of the processes the job left behind (e.g. a local Ray it
-    did not shut down), still alive 10 s after it ended, before they were killed."""
-    process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO,
-                               env=job_env() if env is None else env, text=True,
+    did not shut down), still alive 10 s after it ended, before they were killed.
+
+    In a test without the ``ray`` marker, the job's RAY_TMPDIR is an empty folder of its
+    own, and a job that started a local Ray there fails the test: ``-m "not ray"`` must
+    start no Ray."""
+    env = job_env() if env is None else env
+    watched = None
+    if not CURRENT_TEST["ray"]:
+        watched = tempfile.mkdtemp(prefix="pj-", dir="/tmp")  # short: Ray's socket paths
+        env = {**env, "RAY_TMPDIR": watched}
+    try:
+        result = _run_to_the_end(args, env, timeout_s)
+    finally:
+        started = os.listdir(watched) if watched else []
+        if watched:
+            shutil.rmtree(watched, ignore_errors=True)
+    assert not started, (f"python -m {' '.join(args)} started a local Ray ({started} in its "
+                         "RAY_TMPDIR): mark the test @pytest.mark.ray")
+    return result
+
+
+def _run_to_the_end(args, env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
+    process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)
     left_running: list[str] = []
@@ -145,3 +172,34 @@ def only_run(uri: str, experiment: str):
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 1, [r.data.tags.get(RUN_NAME_TAG) for r in runs]
     return runs[0]
+
+
+class _Refuse(BaseHTTPRequestHandler):
+    def _refuse(self):
+        self.server.requests.append(f"{self.command} {self.path}")
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _refuse
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+class UnavailableStore:
+    """A real HTTP server on 127.0.0.1 that answers every request with 503 (the status
+    MLflow's client retries with backoff for minutes) and records each request as
+    ``"METHOD /path?query"`` in ``requests``. Use it as a context manager."""
+
+    def __enter__(self) -> "UnavailableStore":
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
+        self.server.requests = self.requests = []
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()

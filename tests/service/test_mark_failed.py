@@ -6,39 +6,17 @@ status MLflow's client otherwise retries with backoff for minutes."""
 from __future__ import annotations
 
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from pdml_ray.service import driver
-from tests.helpers import tiny_config
-
-
-class Unavailable(BaseHTTPRequestHandler):
-    def _refuse(self):
-        self.server.requests.append(f"{self.command} {self.path}")
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_POST = do_PATCH = do_DELETE = _refuse
-
-    def log_message(self, *args):  # keep the test output clean
-        pass
+from tests.helpers import UnavailableStore, tiny_config
 
 
 @pytest.fixture
 def store_down():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with UnavailableStore() as store:
+        yield store, store.uri
 
 
 def driver_warnings(caplog) -> list[str]:
