@@ -62,15 +62,16 @@ def main() -> int:
           + (f" (version {loaded.version.version})" if loaded.version is not None else "")
           + f": {len(loaded.parser.classes)} classes of {loaded.parser.cfg.data.dataset}")
     options = inference_options(args)
+    max_pixels = cfg.data.max_image_pixels
     if len(sources) <= args.local_below:
         session = contextlib.nullcontext()
         results = predict_local(loaded.parser, sources, out_dir, alpha=args.alpha,
-                                options=options)
+                                options=options, max_pixels=max_pixels)
     else:
         session = ray_session(cfg.ray.address)
         # A generator: it touches Ray only once iterated, inside the session.
         results = predict_on_ray(loaded.parser, sources, out_dir, chunk_size=args.chunk_size,
-                                 alpha=args.alpha, options=options,
+                                 alpha=args.alpha, options=options, max_pixels=max_pixels,
                                  num_gpus=1 if cfg.ray.use_gpu else 0)
     failed = []
     with session, tqdm(total=len(sources), desc="predicting", unit="image") as bar:

@@ -85,6 +85,9 @@ class DataConfig:
     hflip: bool = True
     loader_workers: int = 0  # DataLoader processes per Ray worker; 0 keeps CPUs for compute
     max_val_images: int = 0  # 0: the whole validation split
+    # Images (and label maps) with more pixels are refused from their header, in training,
+    # evaluation and prediction: one 10000 x 10000 image took 6.2 GB to decode.
+    max_image_pixels: int = 64_000_000
     # Synthetic scenes are generated on first use when `root` holds none yet.
     synthetic_train: int = 200
     synthetic_val: int = 50
@@ -97,6 +100,7 @@ class DataConfig:
                "need 0 < scale_min <= scale_max")
         _check(self.loader_workers >= 0, "data.loader_workers", "must be >= 0")
         _check(self.max_val_images >= 0, "data.max_val_images", "must be >= 0")
+        _check(self.max_image_pixels > 0, "data.max_image_pixels", "must be > 0")
         for key in ("synthetic_train", "synthetic_val"):
             _check(getattr(self, key) >= 1, f"data.{key}", "must be >= 1")
         _check(self.synthetic_size >= 16, "data.synthetic_size", "must be >= 16")

@@ -22,7 +22,8 @@ from torch.utils.data import Dataset, default_collate
 from pdml_ray.labels import IGNORE_INDEX
 
 from .errors import DataError
-from .io import exif_orientation, file_problem, image_size, read_image, read_label
+from .io import (MAX_IMAGE_PIXELS, exif_orientation, file_problem, image_size, read_image,
+                 read_label)
 from .points import PointTable, read_points, shown_id
 from .transforms import Sample, points_to_sample, rasterize_points, to_model_input
 
@@ -61,6 +62,8 @@ class SegmentationDataset(Dataset):
             supervision needs no points).
         transform: maps a sample dict (see ``transforms``) to a sample dict; train only.
         max_images: keep only the first ``max_images`` images (sorted by id); 0 = all.
+        max_image_pixels: images and label maps with more pixels are refused
+            (``data.max_image_pixels``).
     """
 
     name: ClassVar[str] = ""
@@ -76,7 +79,7 @@ class SegmentationDataset(Dataset):
     def __init__(self, root: str | os.PathLike, split: str, *,
                  points: PointTable | str | os.PathLike | None = None,
                  transform: Callable[[Sample], Sample] | None = None,
-                 max_images: int = 0) -> None:
+                 max_images: int = 0, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"split must be one of {tuple(SPLIT_FOLDERS)}, got {split!r}")
         if split != "train" and (points is not None or transform is not None):
@@ -94,6 +97,7 @@ class SegmentationDataset(Dataset):
             self.check_points(self.points)
             self._warn_images_without_points(self.points)
         self.transform = transform
+        self.max_image_pixels = max_image_pixels
 
     # -- layout, overridden per dataset ----------------------------------------------
     @classmethod
@@ -126,17 +130,17 @@ class SegmentationDataset(Dataset):
 
     def load_image(self, index: int) -> np.ndarray:
         """``uint8 (H, W, 3)`` RGB."""
-        return read_image(self.records[index].image_path)
+        return read_image(self.records[index].image_path, self.max_image_pixels)
 
     def load_mask(self, index: int) -> np.ndarray:
         """``int64 (H, W)`` class ids, 255 = ignore."""
         path = self.records[index].label_path
-        return self.decode_label(read_label(path), path)
+        return self.decode_label(read_label(path, max_pixels=self.max_image_pixels), path)
 
     def load_instances(self, index: int) -> np.ndarray | None:
         """``int64 (H, W)`` instance ids (0 = none), or None if the dataset has no maps."""
         path = self.records[index].instance_path
-        return None if path is None else read_label(path, "instance map")
+        return None if path is None else read_label(path, "instance map", self.max_image_pixels)
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image and mask, checked to have the same size."""
@@ -197,7 +201,8 @@ class SegmentationDataset(Dataset):
         table.check_classes(self.num_classes)
         if bounds:
             for image_id in table.image_ids:
-                table.check_bounds(image_id, image_size(by_id[image_id].image_path))
+                table.check_bounds(image_id, image_size(by_id[image_id].image_path,
+                                                        self.max_image_pixels))
 
     def _warn_images_without_points(self, table: PointTable) -> None:
         without = sum(record.image_id not in table for record in self.records)

@@ -92,7 +92,7 @@ def check_item_header(dataset: SegmentationDataset, index: int) -> list[FileProb
     bodies and label values out of range need :func:`check_item`."""
     record = dataset.records[index]
     problems, sizes = [], {}
-    readers = (("image", lambda: image_size(record.image_path)),
+    readers = (("image", lambda: image_size(record.image_path, dataset.max_image_pixels)),
                ("label", lambda: _label_header(record.label_path, "label map")),
                ("instances", lambda: (_label_header(record.instance_path, "instance map")
                                       if record.instance_path is not None else None)))

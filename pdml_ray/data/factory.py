@@ -40,7 +40,8 @@ def build_dataset(data_cfg: DataConfig, split: str, *,
     if data_cfg.dataset == "synthetic":
         ensure_synthetic(data_cfg)
     if split != "train":
-        return cls(data_cfg.root, split, points=points, max_images=data_cfg.max_val_images)
+        return cls(data_cfg.root, split, points=points, max_images=data_cfg.max_val_images,
+                   max_image_pixels=data_cfg.max_image_pixels)
     if points is None:
         points = points_path(data_cfg)
         if not points.is_file():
@@ -51,7 +52,8 @@ def build_dataset(data_cfg: DataConfig, split: str, *,
     if train_transform:
         transform = make_train_transform(crop_size=data_cfg.crop_size, scale_min=data_cfg.scale_min,
                                          scale_max=data_cfg.scale_max, hflip=data_cfg.hflip)
-    return cls(data_cfg.root, "train", points=points, transform=transform)
+    return cls(data_cfg.root, "train", points=points, transform=transform,
+               max_image_pixels=data_cfg.max_image_pixels)
 
 
 def ensure_synthetic(data_cfg: DataConfig) -> Path:

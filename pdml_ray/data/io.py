@@ -19,16 +19,17 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from ..config import DataConfig
 from .errors import DataError
 
 # Single-channel PNG modes a label or instance map may use: 8-bit grey or palette indices,
 # 16-bit grey, 32-bit integer.
 LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I")
 
-# The most pixels an image or label map may have. Decoding one image of 10000 x 10000 took
-# 6.2 GB on the way to a training item; scene-parsing photos are far below 64 megapixels.
-# Checked on the header, before anything is decoded.
-MAX_IMAGE_PIXELS = 64_000_000
+# The most pixels an image or label map may have unless a config says otherwise
+# (data.max_image_pixels, whose default this is): decoding one image of 10000 x 10000 took
+# 6.2 GB on the way to a training item. Checked on the header, before anything is decoded.
+MAX_IMAGE_PIXELS = DataConfig.max_image_pixels
 
 # What Pillow raises for a file it cannot decode (besides UnidentifiedImageError, an OSError).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -57,40 +58,55 @@ def file_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _check_pixels(path: Path, size: tuple[int, int], what: str) -> None:
+def pixel_cap_problem(size: tuple[int, int], what: str,
+                      max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why an image of ``size`` ``(W, H)`` (Pillow's order) is refused, or None if it has
+    at most ``max_pixels`` pixels; the message names the key that raises the cap."""
     width, height = size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise DataError(path, f"{what} is {height}x{width} (HxW), {width * height / 1e6:.1f} "
-                              f"megapixels: more than the {MAX_IMAGE_PIXELS / 1e6:g} megapixels "
-                              f"allowed (pdml_ray.data.io.MAX_IMAGE_PIXELS); downscale it")
+    if width * height <= max_pixels:
+        return None
+    return (f"{what} is {height}x{width} (HxW), {width * height} pixels: more than "
+            f"data.max_image_pixels = {max_pixels}; downscale it, or raise "
+            f"data.max_image_pixels (--set data.max_image_pixels=N)")
+
+
+def bomb_problem(exc: Image.DecompressionBombError, what: str,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> str:
+    """The message for an image Pillow refuses to open at all (over twice its own
+    ``Image.MAX_IMAGE_PIXELS``, about 179 megapixels); no config raises that limit."""
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    if max_pixels < pillow_limit:
+        return f"{what} has more than data.max_image_pixels = {max_pixels} pixels: {exc}"
+    return (f"{what} has more pixels than Pillow opens (data.max_image_pixels = {max_pixels} "
+            f"cannot raise that): {exc}")
 
 
 @contextlib.contextmanager
-def _opened(path: Path, what: str, unreadable: str) -> Iterator[Image.Image]:
-    """The image with its header read and its size checked against MAX_IMAGE_PIXELS;
+def _opened(path: Path, what: str, unreadable: str, max_pixels: int) -> Iterator[Image.Image]:
+    """The image with its header read and its size checked against ``max_pixels``;
     ``unreadable`` starts the message when the header cannot be read."""
     problem = file_problem(path)
     if problem is not None:
         raise DataError(path, f"{what} {problem}")
     with warnings.catch_warnings():
-        # Pillow warns from 89 megapixels; the limit above refuses such files anyway.
+        # Pillow warns from 89 megapixels; the cap is checked on the header below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(path)
         except Image.DecompressionBombError as exc:
-            raise DataError(path, f"{what} has more than the {MAX_IMAGE_PIXELS / 1e6:g} "
-                                  f"megapixels allowed (pdml_ray.data.io.MAX_IMAGE_PIXELS): "
-                                  f"{exc}") from None
+            raise DataError(path, bomb_problem(exc, what, max_pixels)) from None
         except DECODE_ERRORS as exc:
             raise DataError(path, f"{unreadable}: {exc}") from None
     with img:  # closes the file, also when decoding fails
-        _check_pixels(path, img.size, what)
+        problem = pixel_cap_problem(img.size, what, max_pixels)
+        if problem is not None:
+            raise DataError(path, problem)
         yield img
 
 
-def _open_decoded(path: Path, what: str) -> Image.Image:
+def _open_decoded(path: Path, what: str, max_pixels: int) -> Image.Image:
     unreadable = f"cannot decode {what} (corrupt or truncated file?)"
-    with _opened(path, what, unreadable) as img:
+    with _opened(path, what, unreadable, max_pixels) as img:
         try:
             img.load()  # decode everything now: truncated files fail here, not in a worker
         except DECODE_ERRORS as exc:
@@ -98,20 +114,22 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
     return img
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """An RGB image as ``uint8 (H, W, 3)``; grey or palette images are converted to RGB.
+    Images of more than ``max_pixels`` pixels are refused (``data.max_image_pixels``).
 
     Pixels are taken as stored: an EXIF orientation tag is not applied, because label maps
     are drawn on the stored pixel grid (see :func:`exif_orientation`).
     """
     path = Path(path)
-    img = _open_decoded(path, "image")
+    img = _open_decoded(path, "image", max_pixels)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
 
 
-def read_label(path: str | os.PathLike, what: str = "label map") -> np.ndarray:
+def read_label(path: str | os.PathLike, what: str = "label map",
+               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A single-channel label (or instance) PNG as ``int64 (H, W)``, values as stored.
 
     A palette ("P") PNG yields its palette indices, as the ADE20K and PASCAL tools expect.
@@ -120,7 +138,7 @@ def read_label(path: str | os.PathLike, what: str = "label map") -> np.ndarray:
     their name (a JPEG saved as ``.png``): lossy compression changes class ids.
     """
     path = Path(path)
-    img = _open_decoded(path, what)
+    img = _open_decoded(path, what, max_pixels)
     if img.format != "PNG":
         lossy = " (lossy compression has changed its class ids)" if img.format == "JPEG" else ""
         raise DataError(path, f"{what} is {img.format} data, not PNG{lossy}; save label maps "
@@ -136,9 +154,9 @@ def read_label(path: str | os.PathLike, what: str = "label map") -> np.ndarray:
     return values.astype(np.int64)
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
+def image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """``(H, W)`` read from the file header only (no decoding): cheap bounds checks."""
-    with _opened(Path(path), "image", "cannot read image header") as img:
+    with _opened(Path(path), "image", "cannot read image header", max_pixels) as img:
         width, height = img.size
     return height, width
 

@@ -3,7 +3,8 @@
 For every input ``photo.jpg`` the output folder gets ``photo_classes.png`` (palette PNG,
 pixel value = class id) and ``photo_overlay.png`` (the photo blended with the colour mask,
 with a legend). Files are written atomically, so an interrupted run never leaves half a
-PNG. A file that cannot be read or decoded is reported and skipped; the others go on.
+PNG. A file that cannot be read or decoded, or has more than ``data.max_image_pixels``
+pixels, is reported and skipped; the others go on.
 
 Both :func:`predict_local` and :func:`predict_on_ray` yield lists of
 :class:`PredictionOutcome` as work completes (one image at a time here, one chunk at a
@@ -27,7 +28,8 @@ import numpy as np
 import ray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pdml_ray.data.io import DECODE_ERRORS, atomic_file
+from pdml_ray.data.io import (DECODE_ERRORS, MAX_IMAGE_PIXELS, atomic_file, bomb_problem,
+                              pixel_cap_problem)
 from pdml_ray.inference import SceneParser
 from pdml_ray.reports import class_id_image, overlay, png_bytes
 
@@ -94,32 +96,43 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     return numbered
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Image file bytes -> ``uint8 (H, W, 3)`` RGB as a viewer shows it.
 
     EXIF orientation is applied (phone photos); grey, palette, RGBA (alpha dropped),
     CMYK and 16-bit images are converted to 8-bit RGB; animations give their first frame.
-    Raises ValueError with the decoder's reason when the bytes are no readable image.
+    Raises ValueError with the decoder's reason when the bytes are no readable image, and
+    before decoding when the header says more than ``max_pixels`` pixels.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError("not an image file (unknown format or corrupt header)") from None
+    except Image.DecompressionBombError as exc:
+        raise ValueError(bomb_problem(exc, "image", max_pixels)) from None
+    except DECODE_ERRORS as exc:
+        raise ValueError(f"cannot decode image (corrupt or truncated file?): {exc}") from None
+    with img:
+        too_large = pixel_cap_problem(img.size, "image", max_pixels)
+        if too_large is not None:
+            raise ValueError(too_large)
+        try:
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey: keep the top byte
                 values = np.asarray(img, dtype=np.uint32) >> (8 if img.mode != "I" else 0)
                 img = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise ValueError("not an image file (unknown format or corrupt header)") from None
-    except DECODE_ERRORS as exc:
-        raise ValueError(f"cannot decode image (corrupt or truncated file?): {exc}") from None
+        except DECODE_ERRORS as exc:
+            raise ValueError(f"cannot decode image (corrupt or truncated file?): {exc}") from None
 
 
 def render(parser: SceneParser, data: bytes, *, alpha: float = 0.5,
-           options: Mapping | None = None) -> tuple[bytes, bytes, tuple[int, ...]]:
+           options: Mapping | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+           ) -> tuple[bytes, bytes, tuple[int, ...]]:
     """Predict on one image file's bytes; returns (class-id PNG, overlay PNG, class ids
     present). ``options`` are :meth:`SceneParser.predict`'s tile/overlap/scales/flip."""
-    image = decode_image(data)
+    image = decode_image(data, max_pixels)
     classes = parser.predict(image, **(options or {}))
     classes_png = png_bytes(class_id_image(classes, parser.palette))
     overlay_png = png_bytes(overlay(image, classes, parser.palette, parser.classes, alpha=alpha))
@@ -155,13 +168,13 @@ def _read(source: Path) -> bytes:
 
 # -- here ----------------------------------------------------------------------------
 def predict_local(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *,
-                  alpha: float = 0.5, options: Mapping | None = None
-                  ) -> Iterator[list[PredictionOutcome]]:
+                  alpha: float = 0.5, options: Mapping | None = None,
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[list[PredictionOutcome]]:
     """Predict image by image in this process; yields ``[outcome]`` after each image."""
     for source, stem in zip(sources, output_stems(sources)):
         try:
             classes_png, overlay_png, present = render(parser, _read(source), alpha=alpha,
-                                                       options=options)
+                                                       options=options, max_pixels=max_pixels)
         except IMAGE_ERRORS as exc:
             yield [PredictionOutcome(source, error=_reason(exc))]
             continue
@@ -171,7 +184,8 @@ def predict_local(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *
 
 # -- on Ray --------------------------------------------------------------------------
 def _predict_chunk(model: tuple[dict, dict], items: list[tuple[int, bytes]], alpha: float,
-                   options: Mapping) -> list[tuple[int, bytes | None, bytes | None, tuple, str]]:
+                   options: Mapping, max_pixels: int
+                   ) -> list[tuple[int, bytes | None, bytes | None, tuple, str]]:
     """One Ray task: build the model once, then ``(index, classes PNG, overlay PNG,
     classes present, error)`` for each ``(index, image bytes)`` of the chunk."""
     import torch
@@ -182,7 +196,8 @@ def _predict_chunk(model: tuple[dict, dict], items: list[tuple[int, bytes]], alp
     results = []
     for index, data in items:
         try:
-            results.append((index, *render(parser, data, alpha=alpha, options=options), ""))
+            results.append((index, *render(parser, data, alpha=alpha, options=options,
+                                           max_pixels=max_pixels), ""))
         except IMAGE_ERRORS as exc:
             results.append((index, None, None, (), _reason(exc)))
     return results
@@ -196,7 +211,8 @@ def default_chunk_size(num_images: int, num_cpus: float) -> int:
 
 def predict_on_ray(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *,
                    chunk_size: int = 0, alpha: float = 0.5, options: Mapping | None = None,
-                   num_gpus: float = 0) -> Iterator[list[PredictionOutcome]]:
+                   max_pixels: int = MAX_IMAGE_PIXELS, num_gpus: float = 0
+                   ) -> Iterator[list[PredictionOutcome]]:
     """Spread the images over Ray tasks of ``chunk_size`` images (0: automatic), each
     task on one CPU (and ``num_gpus``); yields the outcomes of each chunk as it finishes.
     Needs an initialised Ray.
@@ -227,7 +243,7 @@ def predict_on_ray(parser: SceneParser, sources: Sequence[Path], out_dir: Path, 
                 except ValueError as exc:
                     unreadable.append(PredictionOutcome(sources[index], error=str(exc)))
             if items:
-                ref = task.remote(model_ref, items, alpha, dict(options or {}))
+                ref = task.remote(model_ref, items, alpha, dict(options or {}), max_pixels)
                 pending[ref] = [index for index, _ in items]
             if unreadable:
                 yield unreadable
