@@ -58,7 +58,8 @@ def main() -> int:
     from pdml_ray.data import build_dataset
     from pdml_ray.inference import evaluate_dataset
     from pdml_ray.reports import write_evaluation_report
-    from pdml_ray.service.registry import load_scene_parser, log_evaluation
+    from pdml_ray.service.registry.evaluate import log_evaluation
+    from pdml_ray.service.registry.load import load_scene_parser
 
     loaded = load_scene_parser(cfg.mlflow.tracking_uri, args.model)
     model = loaded.parser

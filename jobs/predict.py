@@ -53,7 +53,7 @@ def main() -> int:
     from tqdm import tqdm
 
     from pdml_ray.service.predict import collect_inputs, predict_local, predict_on_ray
-    from pdml_ray.service.registry import load_scene_parser
+    from pdml_ray.service.registry.load import load_scene_parser
     from pdml_ray.service.runtime import ray_session
 
     sources = collect_inputs(args.input, out_dir=out_dir)

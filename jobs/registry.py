@@ -48,7 +48,7 @@ def table(header: list[str], rows: list[list[str]], right: set[int] = frozenset(
 
 
 def list_command(client, args, cfg) -> None:
-    from pdml_ray.service.registry import list_versions
+    from pdml_ray.service.registry.describe import list_versions
 
     name = args.name or cfg.mlflow.registered_model
     rows = list_versions(client, name)
@@ -60,7 +60,7 @@ def list_command(client, args, cfg) -> None:
 
 
 def show_command(client, args, cfg) -> None:
-    from pdml_ray.service.registry import describe_model
+    from pdml_ray.service.registry.describe import describe_model
 
     summary = describe_model(client, cfg.mlflow.tracking_uri, args.model)
     version, run = summary.version, summary.run
@@ -89,7 +89,7 @@ def show_command(client, args, cfg) -> None:
 
 
 def promote_command(client, args, cfg) -> None:
-    from pdml_ray.service.registry import move_alias
+    from pdml_ray.service.registry.aliases import move_alias
 
     alias = args.alias or cfg.mlflow.champion_alias
     version, previous = move_alias(client, args.model, alias)
@@ -98,7 +98,7 @@ def promote_command(client, args, cfg) -> None:
 
 
 def demote_command(client, args, cfg) -> None:
-    from pdml_ray.service.registry import remove_alias
+    from pdml_ray.service.registry.aliases import remove_alias
 
     name = args.name or cfg.mlflow.registered_model
     alias = args.alias or cfg.mlflow.champion_alias

@@ -54,7 +54,7 @@ def test_checkpoint_holding_pickled_code_is_refused_without_running_it(tmp_path)
 def test_registered_model_is_a_state_dict_and_json_config_only(tmp_path, mlflow_uri):
     from pdml_ray.data import SyntheticDataset
     from pdml_ray.models import build_model
-    from pdml_ray.service.registry import log_and_register
+    from pdml_ray.service.registry.register import log_and_register
     from pdml_ray.service.tracking import tracking_uri_scope
 
     cfg = resolve_paths(from_dict({"mlflow": {"tracking_uri": mlflow_uri,

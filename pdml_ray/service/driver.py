@@ -27,7 +27,7 @@ from pdml_ray.service.checkpoint import load_training_state
 from pdml_ray.service.data_check import StopOnDataError, check_headers, data_error_of_run
 from pdml_ray.service.preflight import check_before_training
 from pdml_ray.service.progress import console_board
-from pdml_ray.service.registry import RegisteredModel, log_and_register
+from pdml_ray.service.registry.register import RegisteredModel, log_and_register
 from pdml_ray.service.store import create_store, store_actor_name
 from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
                                        fail_fast_http, start_run)

@@ -22,6 +22,9 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+# The loader every logged MLmodel names: this module. Registered models keep the name, so
+# moving or renaming the module would leave them without their loader.
+LOADER_MODULE = "pdml_ray.service.pyfunc_model"
 DATA_FOLDER = "scene_parser"  # the name of the model's data folder, under data/
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"

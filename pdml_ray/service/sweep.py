@@ -31,8 +31,8 @@ from pdml_ray.service.driver import prepare_data, run_training, unique_run_name
 from pdml_ray.service.checkpoint import load_training_state
 from pdml_ray.service.preflight import changed_settings
 from pdml_ray.service.progress import TrialLines
-from pdml_ray.service.registry import (VAL_MIOU_TAG, RegisteredModel, filter_value,
-                                      log_and_register)
+from pdml_ray.service.registry.model_uri import newest_version
+from pdml_ray.service.registry.register import VAL_MIOU_TAG, RegisteredModel, log_and_register
 from pdml_ray.service.tracking import (RUN_NAME_TAG, check_tracking_store, end_run,
                                        experiment_id, find_run, start_run)
 
@@ -293,10 +293,8 @@ def register_best(cfg: Config, sweep_name: str, rows: list[dict]) -> RegisteredM
         return None
     best = rows[0]
     client = MlflowClient(cfg.mlflow.tracking_uri)
-    existing = client.search_model_versions(
-        f"name = {filter_value(cfg.mlflow.registered_model)} and run_id = '{best['run_id']}'")
-    if existing:  # a resumed sweep that had already registered its best trial
-        version = max(existing, key=lambda v: int(v.version))
+    version = newest_version(client, name=cfg.mlflow.registered_model, run_id=best["run_id"])
+    if version is not None:  # a resumed sweep that had already registered its best trial
         log.info("best trial already registered as %s/%s", version.name, version.version)
         aliases = client.get_registered_model(version.name).aliases
         return RegisteredModel(version.name, str(version.version), version.source,

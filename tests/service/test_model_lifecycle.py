@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from pdml_ray.config import dump_config
 from pdml_ray.service.driver import run_training
-from pdml_ray.service.registry import (EVALUATED_MODEL_TAG, load_scene_parser, log_evaluation,
-                                       resolve_model_version)
+from pdml_ray.service.registry.evaluate import EVALUATED_MODEL_TAG, log_evaluation
+from pdml_ray.service.registry.load import load_scene_parser
+from pdml_ray.service.registry.model_uri import resolve_model_version
 from tests.helpers import run_job
 from tests.helpers import tiny_config
 

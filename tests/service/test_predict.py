@@ -18,7 +18,7 @@ from pdml_ray.config import from_dict, resolve_paths
 from pdml_ray.data.synthetic import SYNTHETIC_PALETTE
 from pdml_ray.models import build_model
 from pdml_ray.service.predict import collect_inputs, decode_image, output_stems
-from pdml_ray.service.registry import log_and_register
+from pdml_ray.service.registry.register import log_and_register
 from pdml_ray.service.tracking import start_run
 from tests.helpers import job_env, run_job
 

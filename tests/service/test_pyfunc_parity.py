@@ -12,7 +12,7 @@ from pdml_ray.config import from_dict, resolve_paths
 from pdml_ray.data.synthetic import SYNTHETIC_CLASSES
 from pdml_ray.inference import SceneParser
 from pdml_ray.models import build_model
-from pdml_ray.service.registry import log_and_register
+from pdml_ray.service.registry.register import log_and_register
 from pdml_ray.service.tracking import start_run, tracking_uri_scope
 
 

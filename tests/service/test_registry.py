@@ -5,7 +5,7 @@ import threading
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pdml_ray.service.registry import VAL_MIOU_TAG, champion_score, promote_if_better
+from pdml_ray.service.registry.register import VAL_MIOU_TAG, champion_score, promote_if_better
 
 
 def _version(client: MlflowClient, name: str, score: float) -> str:

@@ -9,9 +9,11 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pdml_ray.service.registry import (VAL_MIOU_TAG, InvalidAlias, ModelNotFound, list_versions,
-                                       move_alias, parse_model_uri, remove_alias,
-                                       resolve_model_version)
+from pdml_ray.service.registry.aliases import InvalidAlias, move_alias, remove_alias
+from pdml_ray.service.registry.describe import list_versions
+from pdml_ray.service.registry.model_uri import (ModelNotFound, parse_model_uri,
+                                                 resolve_model_version)
+from pdml_ray.service.registry.register import VAL_MIOU_TAG
 from tests.helpers import run_job
 
 NAME = "pdml-scene-parser"

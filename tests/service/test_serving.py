@@ -28,8 +28,9 @@ from mlflow.tracking import MlflowClient
 from pdml_ray.config import from_dict, resolve_paths
 from pdml_ray.data import SyntheticDataset
 from pdml_ray.models import build_model
+from pdml_ray.service.pyfunc_log import requirements
 from pdml_ray.service.pyfunc_model import InvalidImages, as_images
-from pdml_ray.service.registry import log_and_register
+from pdml_ray.service.registry.register import log_and_register
 from pdml_ray.service.tracking import tracking_uri_scope
 from tests.helpers import kill_session, wait_for
 
@@ -124,6 +125,16 @@ def test_the_logged_model_carries_an_input_example(registered):
     assert info["type"] == "ndarray"
     example = np.array(json.loads((local / info["serving_input_path"]).read_text())["inputs"])
     assert example.shape == (1, 16, 16, 3) and 0 <= example.min() and example.max() <= 255
+
+
+def test_the_logged_model_lists_the_pinned_requirements(registered):
+    uri, folder, _ = registered
+    with tracking_uri_scope(uri):
+        local = Path(mlflow.artifacts.download_artifacts(CHAMPION, dst_path=str(folder / "req")))
+    listed = (local / "requirements.txt").read_text().split()
+    assert set(requirements()) <= set(listed)
+    assert any(line.startswith("tqdm==") for line in listed)
+    assert any(line.startswith("pdml_ray==") for line in listed)
 
 
 class ModelServer:

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from pdml_ray.config import from_dict, resolve_paths
 from pdml_ray.data.synthetic import SYNTHETIC_CLASSES
 from pdml_ray.models import build_model
-from pdml_ray.service.registry import RegisteredModel, log_and_register
+from pdml_ray.service.registry.register import RegisteredModel, log_and_register
 from pdml_ray.service.sweep import register_best
 from pdml_ray.service.tracking import start_run
 
