@@ -4,37 +4,31 @@ Each trial is a Tune *function* trainable that calls the same :func:`run_trainin
 ``jobs.train`` (Train V2 does not accept a TorchTrainer inside a Tuner), with Ray
 Train's ``TuneReportCallback`` forwarding every evaluation to Tune for ASHA. MLflow
 holds one parent run per sweep and a nested child run per trial; after the sweep the
-parent gets a results table (the paper's Table 4 shape) and plots, and the best trial's
-model is registered, moving ``champion`` only if it is better.
+parent gets a results table (the paper's Table 4 shape) and plots (``sweep_results``),
+and the best trial's model is registered, moving ``champion`` only if it is better
+(``sweep_register``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
-from mlflow.entities import RunStatus
-from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from pdml_ray.config import Config, ConfigError, from_dict, resolve_paths
 from pdml_ray.service.driver import prepare_data, run_training, unique_run_name
-from pdml_ray.service.checkpoint import load_training_state
 from pdml_ray.service.preflight import changed_settings
 from pdml_ray.service.progress import TrialLines
-from pdml_ray.service.registry.model_uri import newest_version
-from pdml_ray.service.registry.register import VAL_MIOU_TAG, RegisteredModel, log_and_register
-from pdml_ray.service.tracking import (RUN_NAME_TAG, check_tracking_store, end_run,
-                                       experiment_id, find_run, start_run)
+from pdml_ray.service.registry.register import RegisteredModel
+from pdml_ray.service.sweep_register import register_best
+from pdml_ray.service.sweep_results import expected_evaluations, log_sweep_report, results_table
+from pdml_ray.service.tracking import check_tracking_store, end_run, find_run, start_run
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +73,6 @@ def concurrent_trials(cfg: Config, resources: dict[str, float] | None = None) ->
     if cfg.ray.use_gpu:
         fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.ray.num_workers))
     return fits if fits >= 1 else None
-
-
-def expected_evaluations(cfg: Config) -> int:
-    """Evaluations a trial that is not stopped makes (every eval_every_epochs, and the last)."""
-    every, epochs = cfg.train.eval_every_epochs, cfg.train.epochs
-    return epochs // every + (1 if epochs % every else 0)
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
@@ -178,133 +166,3 @@ def check_same_sweep(cfg: Config, parent_run_id: str) -> None:
         raise ConfigError(f"sweep.name: sweep {cfg.sweep.name!r} was started with other settings "
                           f"({'; '.join(changed)}); resume it with its original settings, or "
                           "give a new sweep.name")
-
-
-def results_table(cfg: Config, sweep_name: str, *,
-                  ended_cleanly: set[str] = frozenset()) -> list[dict]:
-    """One row per trial from its MLflow child run: swept values, best val mIoU, status.
-
-    A trial is ``stopped early`` when it made fewer evaluations than a full run and ended
-    without an error: ASHA stopped it. Its MLflow run, left RUNNING (the trial was killed
-    before it could close it) or marked FAILED (the stop reached it as an exception), is
-    closed as KILLED. ``ended_cleanly`` holds the trial ids Tune ended without an error.
-    """
-    full = expected_evaluations(cfg)
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    exp = experiment_id(client, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
-    runs = client.search_runs([exp], filter_string=f"tags.`pdml.sweep` = '{sweep_name}' and "
-                                                   f"tags.`{RUN_NAME_TAG}` != '{sweep_name}'")
-    rows = []
-    for run in runs:
-        evals = client.get_metric_history(run.info.run_id, "val_miou")
-        best = max(evals, key=lambda m: m.value) if evals else None
-        status = run.info.status
-        trial_id = run.data.tags.get("pdml.trial_id", "")
-        if status == "RUNNING" or (status == "FAILED" and trial_id in ended_cleanly):
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-            status = "KILLED"
-        if status in ("FINISHED", "KILLED"):
-            status = "completed" if len(evals) >= full else "stopped early"
-        pixel = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
-                                                                    "val_pixel_acc")}
-        rows.append({
-            "trial": trial_id,
-            "alpha": float(run.data.params["loss.alpha"]),
-            "beta": float(run.data.params["loss.beta"]),
-            "margin": float(run.data.params["loss.margin"]),
-            "threshold": float(run.data.params["extension.threshold"]),
-            "pdml_weight": float(run.data.params["loss.pdml_weight"]),
-            "lr": float(run.data.params["train.lr"]),
-            "val_miou": best.value if best else float("nan"),
-            "val_pixel_acc": pixel.get(best.step, float("nan")) if best else float("nan"),
-            "evaluations": len(evals),
-            "status": status.lower(),
-            "run_id": run.info.run_id,
-            "ray_run_name": run.data.tags.get(RUN_NAME_TAG, ""),
-        })
-    rows.sort(key=lambda r: (-r["val_miou"] if not math.isnan(r["val_miou"]) else math.inf))
-    return rows
-
-
-COLUMNS = ("alpha", "beta", "margin", "threshold", "pdml_weight", "lr", "val_miou",
-           "val_pixel_acc", "evaluations", "status")
-
-
-def table_markdown(rows: list[dict]) -> str:
-    """The paper's Table 4 layout: alpha, beta, m, ... | mIoU, pixel accuracy."""
-    head = ("| alpha | beta | m | threshold | PDML weight | lr | mIoU | Pixel Acc | evals "
-            "| status |")
-    lines = [head, "|" + "---|" * 10]
-    for r in rows:
-        lines.append(f"| {r['alpha']:g} | {r['beta']:g} | {r['margin']:g} | {r['threshold']:.3g} | "
-                     f"{r['pdml_weight']:g} | {r['lr']:g} | {100 * r['val_miou']:.1f} | "
-                     f"{100 * r['val_pixel_acc']:.1f}% | {r['evaluations']} | {r['status']} |")
-    return "\n".join(lines) + "\n"
-
-
-def table_csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*COLUMNS, "trial", "run_id"], extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-def plot_sweep(rows: list[dict], path: Path) -> None:
-    """Val mIoU against margin and against threshold, one point per trial."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
-    for ax, key, label in ((axes[0], "margin", "margin m"),
-                           (axes[1], "threshold", "extension threshold")):
-        done = [r for r in rows if r["status"] == "completed"]
-        stopped = [r for r in rows if r["status"] != "completed"]
-        ax.scatter([r[key] for r in done], [r["val_miou"] for r in done], label="completed")
-        ax.scatter([r[key] for r in stopped], [r["val_miou"] for r in stopped], marker="x",
-                   label="stopped early")
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("val mIoU")
-    axes[1].legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def log_sweep_report(cfg: Config, parent_run_id: str, rows: list[dict]) -> None:
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    client.log_text(parent_run_id, table_markdown(rows), "sweep/results.md")
-    client.log_text(parent_run_id, table_csv(rows), "sweep/results.csv")
-    with tempfile.TemporaryDirectory() as folder:
-        plot = Path(folder) / "val_miou_vs_margin_threshold.png"
-        plot_sweep(rows, plot)
-        client.log_artifact(parent_run_id, str(plot), "sweep")
-    if rows and not math.isnan(rows[0]["val_miou"]):
-        client.log_metric(parent_run_id, "best_val_miou", rows[0]["val_miou"])
-        client.set_tag(parent_run_id, "pdml.best_trial_run", rows[0]["run_id"])
-
-
-def register_best(cfg: Config, sweep_name: str, rows: list[dict]) -> RegisteredModel | None:
-    """Register the best checkpoint of the best trial into that trial's MLflow run."""
-    if not rows or math.isnan(rows[0]["val_miou"]):
-        return None
-    best = rows[0]
-    client = MlflowClient(cfg.mlflow.tracking_uri)
-    version = newest_version(client, name=cfg.mlflow.registered_model, run_id=best["run_id"])
-    if version is not None:  # a resumed sweep that had already registered its best trial
-        log.info("best trial already registered as %s/%s", version.name, version.version)
-        aliases = client.get_registered_model(version.name).aliases
-        return RegisteredModel(version.name, str(version.version), version.source,
-                               float(version.tags.get(VAL_MIOU_TAG, "nan")),
-                               str(aliases.get(cfg.mlflow.champion_alias)) == str(version.version))
-    result = ray.train.Result.from_path(os.path.join(cfg.ray.storage_path, best["ray_run_name"]))
-    checkpoint = result.get_best_checkpoint(metric="val_miou", mode="max")
-    with checkpoint.as_directory() as folder:
-        state = load_training_state(folder)
-    trial_cfg = from_dict(state["config"])
-    return log_and_register(trial_cfg, run_id=best["run_id"], state_dict=state["model"],
-                            val_miou=state["metrics"]["val_miou"],
-                            per_class_iou=state["metrics"]["per_class_iou"])
