@@ -4,6 +4,10 @@
         --input photos/ more/street.jpg --out predictions/
     python -m jobs.predict --input big.jpg --out out/ --tile 512 --scales 0.75,1,1.25 --flip
 
+Photos are predicted at the model's working resolution: scaled so that their shorter side
+is the side of its training crops, then the class map is scaled back to the photo's size
+(--full-resolution: predict every pixel as given, minutes per large photo on CPU).
+
 For each image ``NAME.ext``: ``NAME_classes.png`` (palette PNG, pixel value = class id)
 and ``NAME_overlay.png`` (the photo under the coloured classes, with a legend). Any size,
 RGB, grey, RGBA or palette images. More than ``--local-below`` images are spread over
@@ -37,6 +41,10 @@ def main() -> int:
                         "(default: 8)")
     parser.add_argument("--chunk-size", type=int, default=0, metavar="N",
                         help="images per Ray task (default: about four tasks per CPU)")
+    parser.add_argument("--full-resolution", action="store_true",
+                        help="predict at the photo's own resolution instead of scaling its "
+                        "shorter side to the model's training crop side (--tile, --scales "
+                        "and --flip apply to the predicted view either way)")
     add_inference_arguments(parser)
     add_config_arguments(parser)
     args = parser.parse_args()
@@ -52,7 +60,7 @@ def main() -> int:
 
     from tqdm import tqdm
 
-    from pdml_ray.service.predict import collect_inputs, predict_local, predict_on_ray
+    from pdml_ray.service.predict import TileBar, collect_inputs, predict_local, predict_on_ray
     from pdml_ray.service.registry.load import load_scene_parser
     from pdml_ray.service.runtime import ray_session
 
@@ -61,12 +69,14 @@ def main() -> int:
     print(f"model {args.model}"
           + (f" (version {loaded.version.version})" if loaded.version is not None else "")
           + f": {len(loaded.parser.classes)} classes of {loaded.parser.cfg.data.dataset}")
-    options = inference_options(args)
+    options = {**inference_options(args), "resolution": (None if args.full_resolution
+                                                         else loaded.parser.working_size)}
     max_pixels = cfg.data.max_image_pixels
     if len(sources) <= args.local_below:
         session = contextlib.nullcontext()
         results = predict_local(loaded.parser, sources, out_dir, alpha=args.alpha,
-                                options=options, max_pixels=max_pixels)
+                                options=options, max_pixels=max_pixels,
+                                progress=TileBar(position=1))
     else:
         session = ray_session(cfg.ray.address)
         # A generator: it touches Ray only once iterated, inside the session.

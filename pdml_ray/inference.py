@@ -12,7 +12,13 @@ Beyond one forward pass over the whole image, :class:`SceneParser` offers
   (``flip``); each view's logits are resized back to the input size and the softmax
   probabilities of all views are averaged.
 
-Memory grows with the image: the averaged probabilities are ``C x H x W`` floats.
+- a working resolution (``resolution``): a photo whose shorter side is longer than
+  ``resolution`` pixels is scaled down to it (aspect kept), predicted there, and the class
+  map is scaled back to the photo's size with nearest neighbour. ``jobs.predict`` uses the
+  model's training crop side (:attr:`SceneParser.working_size`) by default: a 6000 x 4000
+  photo at full resolution took minutes for objects far larger than any the model saw.
+
+Memory grows with the predicted view: the averaged probabilities are ``C x h x w`` floats.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from pdml_ray.config import Config, from_dict
@@ -32,6 +39,7 @@ from pdml_ray.models import build_model
 
 DEFAULT_OVERLAP = 1 / 3  # of the tile side, as mmsegmentation's usual 512/341 crop/stride
 WINDOW_BATCH = 4  # windows per forward pass: faster than one by one, bounded memory
+Progress = Callable[[int, int], None]  # progress(windows done, windows in the image)
 
 
 def check_inference_options(tile: int | None, overlap: float, scales: Sequence[float]) -> None:
@@ -65,11 +73,59 @@ def owned_ranges(starts: Sequence[int], tile: int, length: int) -> list[tuple[in
     return list(zip([0, *cuts], [*cuts, length]))
 
 
+def working_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """``(h, w)`` of a ``height x width`` image scaled so that its shorter side is
+    ``short_side`` pixels, aspect ratio kept (sides rounded); its own size when the
+    shorter side is not longer than that (photos are never scaled up)."""
+    shorter = min(height, width)
+    if shorter <= short_side:
+        return height, width
+    return max(1, round(height * short_side / shorter)), max(1, round(width * short_side / shorter))
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` -> uint8 ``(*shape, 3)``: bilinear, with Pillow's support widened
+    when shrinking (no aliasing)."""
+    height, width = shape
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def resize_nearest(classes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Class ids ``(h, w)`` -> ``shape`` ``(H, W)`` by nearest neighbour: output pixel
+    ``(i, j)`` takes the input pixel under its centre, ``((2i + 1) h // 2H, (2j + 1) w // 2W)``
+    (integer arithmetic: no rounding at the cell borders)."""
+    (height, width), (out_h, out_w) = classes.shape, shape
+    rows = (2 * np.arange(out_h) + 1) * height // (2 * out_h)
+    cols = (2 * np.arange(out_w) + 1) * width // (2 * out_w)
+    return classes[rows[:, None], cols[None, :]]
+
+
+def window_grid(height: int, width: int, tile: int | None, overlap: float
+                ) -> list[tuple[int, int, tuple[int, int], tuple[int, int]]]:
+    """``(top, left, rows owned, cols owned)`` of the windows of a ``height x width``
+    view: one window (the whole view) unless it is larger than ``tile`` on a side."""
+    if tile is None or (height <= tile and width <= tile):
+        return [(0, 0, (0, height), (0, width))]
+    tile_h, tile_w = min(tile, height), min(tile, width)
+    rows, cols = window_starts(height, tile, overlap), window_starts(width, tile, overlap)
+    return [(top, left, rows_owned, cols_owned)
+            for top, rows_owned in zip(rows, owned_ranges(rows, tile_h, height))
+            for left, cols_owned in zip(cols, owned_ranges(cols, tile_w, width))]
+
+
+def view_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size of the view at ``scale`` of a ``height x width`` image."""
+    if scale == 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 class SceneParser:
     """A trained model with its class names and palette.
 
     ``predict`` takes uint8 images ``(N, H, W, 3)`` (or one ``(H, W, 3)``) of any H, W
-    and returns int64 class ids ``(N, H, W)`` (or ``(H, W)``) at the input resolution.
+    and returns int64 class ids ``(N, H, W)`` (or ``(H, W)``) at the input resolution,
+    predicted there or, with ``resolution``, at a working resolution and scaled back.
     The model is any module whose ``forward(x (B, 3, H, W))`` returns
     ``{"out": logits (B, C, H, W)}``.
     """
@@ -95,17 +151,25 @@ class SceneParser:
                                if not key.startswith("projection.")})
         return cls(model, cfg, device=device)
 
-    def _window_logits(self, x: torch.Tensor, tile: int | None, overlap: float) -> torch.Tensor:
+    @property
+    def working_size(self) -> int:
+        """The shorter side, in pixels, that ``jobs.predict`` predicts photos at unless
+        asked for full resolution: the side of the crops the model was trained on
+        (``data.crop_size`` of the config recorded with it)."""
+        return self.cfg.data.crop_size
+
+    def _window_logits(self, x: torch.Tensor, tile: int | None, overlap: float,
+                       advance: Callable[[int], None] = lambda windows: None) -> torch.Tensor:
         """Logits ``(1, C, h, w)`` of a normalised ``(1, 3, h, w)`` view, by windows when
-        the view is larger than ``tile`` on either side."""
+        the view is larger than ``tile`` on either side; ``advance(n)`` after each pass
+        of ``n`` windows."""
         height, width = x.shape[-2:]
-        if tile is None or (height <= tile and width <= tile):
-            return self.model(x)["out"]
+        windows = window_grid(height, width, tile, overlap)
+        if len(windows) == 1:
+            logits = self.model(x)["out"]
+            advance(1)
+            return logits
         tile_h, tile_w = min(tile, height), min(tile, width)
-        rows, cols = window_starts(height, tile, overlap), window_starts(width, tile, overlap)
-        windows = [(top, left, rows_owned, cols_owned)
-                   for top, rows_owned in zip(rows, owned_ranges(rows, tile_h, height))
-                   for left, cols_owned in zip(cols, owned_ranges(cols, tile_w, width))]
         out = None
         # Windows share one size, so a few go through the model together.
         for first in range(0, len(windows), WINDOW_BATCH):
@@ -117,12 +181,13 @@ class SceneParser:
                 out = logits.new_empty(1, logits.shape[1], height, width)
             for k, (top, left, (y0, y1), (x0, x1)) in enumerate(group):
                 out[0, :, y0:y1, x0:x1] = logits[k, :, y0 - top:y1 - top, x0 - left:x1 - left]
+            advance(len(group))
         return out
 
     @torch.no_grad()
     def probabilities(self, image: np.ndarray, *, tile: int | None = None,
                       overlap: float = DEFAULT_OVERLAP, scales: Sequence[float] = (1.0,),
-                      flip: bool = False) -> torch.Tensor:
+                      flip: bool = False, progress: Progress | None = None) -> torch.Tensor:
         """Softmax probabilities ``float32 (C, H, W)`` for one uint8 ``(H, W, 3)`` image,
         averaged over the views (every scale, mirrored too when ``flip``).
 
@@ -131,19 +196,33 @@ class SceneParser:
             overlap: share of ``tile`` that neighbouring windows overlap, in [0, 1).
             scales: resize factors of the views (1.0 = the image as given).
             flip: also run each scale mirrored left-right (and mirror the result back).
+            progress: ``progress(done, total)`` after each forward pass, counting windows
+                over all views, when the image takes more than one window.
         """
         check_inference_options(tile, overlap, scales)
         x = to_model_input(image).unsqueeze(0).to(self.device)
         height, width = x.shape[-2:]
+        mirrors = (False, True) if flip else (False,)
+        windows = len(mirrors) * sum(len(window_grid(*view_size(height, width, scale), tile,
+                                                     overlap)) for scale in scales)
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None and windows > 1:
+                progress(done, windows)
+
         total, views = None, 0
         for scale in scales:
             view = x
             if scale != 1.0:
-                size = (max(1, round(height * scale)), max(1, round(width * scale)))
-                view = F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                view = F.interpolate(x, size=view_size(height, width, scale), mode="bilinear",
+                                     align_corners=False,
                                      antialias=scale < 1.0)  # no aliasing when shrinking
-            for mirrored in ((False, True) if flip else (False,)):
-                logits = self._window_logits(view.flip(-1) if mirrored else view, tile, overlap)
+            for mirrored in mirrors:
+                logits = self._window_logits(view.flip(-1) if mirrored else view, tile, overlap,
+                                             advance)
                 if mirrored:
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != (height, width):
@@ -156,9 +235,20 @@ class SceneParser:
 
     def predict(self, images: np.ndarray, *, tile: int | None = None,
                 overlap: float = DEFAULT_OVERLAP, scales: Sequence[float] = (1.0,),
-                flip: bool = False) -> np.ndarray:
+                flip: bool = False, resolution: int | None = None,
+                progress: Progress | None = None) -> np.ndarray:
         """Class ids ``int64 (N, H, W)`` of uint8 ``(N, H, W, 3)`` images (``(H, W)`` for
-        one ``(H, W, 3)`` image); options as in :meth:`probabilities`."""
+        one ``(H, W, 3)`` image); other options as in :meth:`probabilities`.
+
+        Args:
+            resolution: None: predict each image at its own resolution (exact; what
+                evaluation against dense masks uses). A number of pixels: images whose
+                shorter side is longer are scaled down to that shorter side
+                (:func:`working_shape`, :func:`resize_image`), predicted there (tiled by
+                ``tile`` if still larger), and the class map is scaled back to the image's
+                size by nearest neighbour (:func:`resize_nearest`). Scales and windows
+                then apply to the scaled image.
+        """
         images = np.asarray(images)
         single = images.ndim == 3
         if single:
@@ -166,9 +256,21 @@ class SceneParser:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images of shape (N, H, W, 3) or (H, W, 3), got "
                              f"{images.dtype} {images.shape}")
-        options = {"tile": tile, "overlap": overlap, "scales": scales, "flip": flip}
-        preds = np.stack([self.probabilities(image, **options).argmax(0).cpu().numpy()
-                          for image in images])
+        if resolution is not None and resolution < 1:
+            raise ValueError(f"resolution must be a positive number of pixels (or None), got "
+                             f"{resolution}")
+        options = {"tile": tile, "overlap": overlap, "scales": scales, "flip": flip,
+                   "progress": progress}
+        preds = []
+        for image in images:
+            shape = image.shape[:2]
+            working = shape if resolution is None else working_shape(*shape, resolution)
+            if working == shape:
+                preds.append(self.probabilities(image, **options).argmax(0).cpu().numpy())
+                continue
+            classes = self.probabilities(resize_image(image, working), **options).argmax(0)
+            preds.append(resize_nearest(classes.cpu().numpy(), shape))
+        preds = np.stack(preds)
         return preds[0] if single else preds
 
 

@@ -6,6 +6,10 @@ with a legend). Files are written atomically, so an interrupted run never leaves
 PNG. A file that cannot be read or decoded, or has more than ``data.max_image_pixels``
 pixels, is reported and skipped; the others go on.
 
+Photos are predicted at the model's working resolution unless the options say
+``resolution=None`` (:meth:`SceneParser.predict`): their shorter side scaled to the side of
+the model's training crops, the class map scaled back to the photo's size.
+
 Both :func:`predict_local` and :func:`predict_on_ray` yield lists of
 :class:`PredictionOutcome` as work completes (one image at a time here, one chunk at a
 time on Ray), for the caller's progress bar. On Ray the driver reads the files and writes
@@ -30,7 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pdml_ray.data.io import (DECODE_ERRORS, MAX_IMAGE_PIXELS, atomic_file, bomb_problem,
                               pixel_cap_problem)
-from pdml_ray.inference import SceneParser
+from pdml_ray.inference import Progress, SceneParser
 from pdml_ray.reports import class_id_image, overlay, png_bytes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -128,12 +132,14 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
 
 
 def render(parser: SceneParser, data: bytes, *, alpha: float = 0.5,
-           options: Mapping | None = None, max_pixels: int = MAX_IMAGE_PIXELS
-           ) -> tuple[bytes, bytes, tuple[int, ...]]:
+           options: Mapping | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
+           progress: Progress | None = None) -> tuple[bytes, bytes, tuple[int, ...]]:
     """Predict on one image file's bytes; returns (class-id PNG, overlay PNG, class ids
-    present). ``options`` are :meth:`SceneParser.predict`'s tile/overlap/scales/flip."""
+    present). ``options`` are :meth:`SceneParser.predict`'s tile/overlap/scales/flip and
+    resolution (default: ``parser.working_size``; None: full resolution)."""
     image = decode_image(data, max_pixels)
-    classes = parser.predict(image, **(options or {}))
+    options = {"resolution": parser.working_size, **(options or {})}
+    classes = parser.predict(image, **options, progress=progress)
     classes_png = png_bytes(class_id_image(classes, parser.palette))
     overlay_png = png_bytes(overlay(image, classes, parser.palette, parser.classes, alpha=alpha))
     return classes_png, overlay_png, tuple(int(c) for c in np.unique(classes))
@@ -167,14 +173,41 @@ def _read(source: Path) -> bytes:
 
 
 # -- here ----------------------------------------------------------------------------
+class TileBar:
+    """A :data:`~pdml_ray.inference.Progress` callback drawing one tqdm bar of windows per
+    image predicted in several (the image bar alone would sit still for minutes)."""
+
+    def __init__(self, **tqdm_options):
+        self.options = {"desc": "windows", "unit": "window", "leave": False, **tqdm_options}
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            self.close()
+            self.bar = tqdm(total=total, **self.options)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def predict_local(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *,
                   alpha: float = 0.5, options: Mapping | None = None,
-                  max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[list[PredictionOutcome]]:
-    """Predict image by image in this process; yields ``[outcome]`` after each image."""
+                  max_pixels: int = MAX_IMAGE_PIXELS, progress: Progress | None = None
+                  ) -> Iterator[list[PredictionOutcome]]:
+    """Predict image by image in this process; yields ``[outcome]`` after each image.
+    ``progress(done, total)`` counts the windows of each image predicted in several."""
     for source, stem in zip(sources, output_stems(sources)):
         try:
             classes_png, overlay_png, present = render(parser, _read(source), alpha=alpha,
-                                                       options=options, max_pixels=max_pixels)
+                                                       options=options, max_pixels=max_pixels,
+                                                       progress=progress)
         except IMAGE_ERRORS as exc:
             yield [PredictionOutcome(source, error=_reason(exc))]
             continue
