@@ -66,6 +66,41 @@ def ray_cluster():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def corrupt_jpeg_run(ray_cluster, tmp_path_factory):
+    """One training run (``ray.max_failures=2``) on scenes whose train image 5 is a JPEG
+    with a valid header and a truncated body: only decoding finds it, in a Train worker.
+    Shared by the tests of what becomes of such a run. Returns its config, the file, the
+    exception ``run_training`` raised and how many Train workers were started for it."""
+    from types import SimpleNamespace
+
+    from ray.util.state import list_actors
+
+    from pdml_ray.data import ensure_synthetic
+    from pdml_ray.service.driver import run_training
+    from tests.helpers import tiny_config
+
+    def train_workers_started() -> int:
+        return len(list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000,
+                               raise_on_missing_output=False))
+
+    folder = tmp_path_factory.mktemp("corrupt_jpeg")
+    cfg = tiny_config(folder, folder / "synthetic", f"sqlite:///{folder / 'mlflow.db'}",
+                      train={"epochs": 1}, ray={"run_name": "corrupt-jpeg", "max_failures": 2},
+                      mlflow={"register": False})
+    ensure_synthetic(cfg.data)
+    image = os.path.join(cfg.data.root, "images", "training", "synthetic_train_00005.jpg")
+    with open(image, "rb") as file:
+        data = file.read()
+    with open(image, "wb") as file:
+        file.write(data[:-300])
+    before = train_workers_started()
+    with pytest.raises(Exception) as failed:
+        run_training(cfg)
+    return SimpleNamespace(cfg=cfg, image=image, error=failed.value,
+                           workers_started=train_workers_started() - before)
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path):
     """A fresh sqlite MLflow store for one test."""

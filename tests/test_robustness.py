@@ -21,7 +21,7 @@ from PIL import Image
 
 from jobs.cli import run_cli
 from pdml_ray.config import dump_config
-from pdml_ray.data import ensure_synthetic, generate_scenes
+from pdml_ray.data import generate_scenes
 from tests.helpers import only_run, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,30 +283,20 @@ def train_scenes(tmp_path_factory) -> Path:
 
 
 @pytest.mark.ray
-def test_corrupt_jpeg_met_by_a_worker_is_one_clear_line(ray_cluster, tmp_path, mlflow_uri,
-                                                        capsys):
-    from pdml_ray.service.driver import run_training
-
-    cfg = tiny_config(tmp_path, tmp_path / "synthetic", mlflow_uri, train={"epochs": 1},
-                      ray={"run_name": "robust-jpeg"}, mlflow={"register": False})
-    ensure_synthetic(cfg.data)
-    image = Path(cfg.data.root) / "images" / "training" / "synthetic_train_00005.jpg"
-    image.write_bytes(image.read_bytes()[:-300])  # a valid header, a truncated body
-
-    with pytest.raises(Exception) as failed:
-        run_training(cfg)
-
+def test_corrupt_jpeg_met_by_a_worker_is_one_clear_line(corrupt_jpeg_run, capsys):
+    """The error of a run whose Train worker met a truncated JPEG, as the job prints it."""
     def main():
-        raise failed.value
+        raise corrupt_jpeg_run.error
 
     capsys.readouterr()  # what Ray and MLflow printed so far
     with pytest.raises(SystemExit) as exited:
         run_cli(main)
     assert exited.value.code == 2
     # The reason after the colon is Pillow's and depends on where the file breaks off.
-    assert re.fullmatch(rf"error: {re.escape(str(image))}: cannot decode image \(corrupt or "
-                        r"truncated file\?\): [^\n]+\n", capsys.readouterr().err)
-    assert only_run(mlflow_uri, cfg.mlflow.experiment).info.status == "FAILED"
+    assert re.fullmatch(rf"error: {re.escape(corrupt_jpeg_run.image)}: cannot decode image "
+                        r"\(corrupt or truncated file\?\): [^\n]+\n", capsys.readouterr().err)
+    cfg = corrupt_jpeg_run.cfg
+    assert only_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment).info.status == "FAILED"
 
 
 @pytest.mark.ray

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pdml_ray.data import DataError, ensure_synthetic, generate_scenes
 from pdml_ray.service.data_check import as_data_error, check_split
-from pdml_ray.service.driver import prepare_data, run_training
+from pdml_ray.service.driver import prepare_data
 from tests.helpers import only_run, tiny_config
 
 
@@ -81,28 +81,12 @@ def test_a_split_is_checked_on_ray_tasks(ray_cluster, tmp_path):
                                           "synthetic has 8 classes)")
 
 
-def _train_workers_started() -> int:
-    from ray.util.state import list_actors
-
-    return len(list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000,
-                           raise_on_missing_output=False))
-
-
 @pytest.mark.ray
-def test_a_bad_file_met_by_a_worker_stops_the_run_without_retries(ray_cluster, tmp_path,
-                                                                  mlflow_uri):
+def test_a_bad_file_met_by_a_worker_stops_the_run_without_retries(corrupt_jpeg_run):
     """max_failures=2 would start the two workers three times; a DataError starts them once."""
-    cfg = tiny_config(tmp_path, tmp_path / "synthetic", mlflow_uri, train={"epochs": 1},
-                      ray={"run_name": "bad-data-no-retry", "max_failures": 2},
-                      mlflow={"register": False})
-    ensure_synthetic(cfg.data)
-    image = train_file(Path(cfg.data.root), "image", 5)
-    truncate(image)  # passes the header check: only decoding finds it, in a worker
-
-    before = _train_workers_started()
-    with pytest.raises(DataError) as stopped:
-        run_training(cfg)
-    assert stopped.value.source == str(image)
-    assert stopped.value.problem.startswith("cannot decode image (corrupt or truncated file?): ")
-    assert _train_workers_started() - before == cfg.ray.num_workers
-    assert only_run(mlflow_uri, cfg.mlflow.experiment).info.status == "FAILED"
+    run = corrupt_jpeg_run
+    assert isinstance(run.error, DataError), repr(run.error)
+    assert run.error.source == run.image
+    assert run.error.problem.startswith("cannot decode image (corrupt or truncated file?): ")
+    assert run.cfg.ray.max_failures == 2 and run.workers_started == run.cfg.ray.num_workers
+    assert only_run(run.cfg.mlflow.tracking_uri, run.cfg.mlflow.experiment).info.status == "FAILED"
