@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 from pathlib import Path
 
 import mlflow
@@ -19,11 +18,12 @@ from mlflow.artifacts import download_artifacts
 
 from pdml_ray.config import load_config
 from pdml_ray.data.synthetic import SYNTHETIC_CLASSES
-from pdml_ray.service.checkpoint import CHECKPOINT_FILE
+from pdml_ray.engine import poly_lr
+from pdml_ray.service.checkpoint import CHECKPOINT_FILE, load_training_state
 from pdml_ray.service.driver import run_training
 from pdml_ray.service.store import STORE_NAMESPACE, store_actor_name
 from pdml_ray.service.tracking import tracking_uri_scope
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -67,7 +67,9 @@ def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlf
     losses = [value for _, value in metric_history(mlflow_uri, first.mlflow_run_id, "loss")]
     assert len(losses) == 12  # 3 epochs x 4 steps, logged every step
     assert np.mean(losses[-3:]) < np.mean(losses[:3])  # the loss falls
-    assert 0.0 <= first.best_val_miou <= 1.0
+    evaluations = metric_history(mlflow_uri, first.mlflow_run_id, "val_miou")
+    assert first.best_val_miou == max(value for _, value in evaluations)
+    assert_miou_is_the_mean_of_the_logged_class_ious(mlflow_uri, first.mlflow_run_id)
     # One per-class IoU table per epoch; its classes average to that epoch's val mIoU.
     tables = MlflowClient(mlflow_uri).list_artifacts(first.mlflow_run_id, "per_class_iou")
     assert [t.path for t in tables] == [f"per_class_iou/epoch_00{e}.md" for e in (1, 2, 3)]
@@ -114,34 +116,95 @@ def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlf
     assert steps[12:] == [13, 14, 15, 16]  # continued at step 13, not restarted from 1
 
 
-def test_killed_store_does_not_fail_the_run(ray_cluster, tmp_path, data_root, mlflow_uri):
-    cfg = tiny_config(tmp_path, data_root, mlflow_uri,
+def assert_miou_is_the_mean_of_the_logged_class_ious(uri: str, run_id: str) -> None:
+    """At every evaluation, val_miou is the mean of that step's val_iou/<class> metrics
+    (classes absent from truth and prediction are logged as none, and averaged as none)."""
+    by_step: dict[int, list[float]] = {}
+    for name in SYNTHETIC_CLASSES:
+        for step, iou in metric_history(uri, run_id, f"val_iou/{name}"):
+            by_step.setdefault(step, []).append(iou)
+    evaluations = metric_history(uri, run_id, "val_miou")
+    assert sorted(by_step) == [step for step, _ in evaluations]
+    for step, miou in evaluations:
+        assert np.mean(by_step[step]) == pytest.approx(miou, abs=1e-9), step
+
+
+STEPS_PER_EPOCH = 4  # tiny_config: 16 train images, global batch 4
+MAX_STEPS = 14  # within the 4th of 4 epochs
+
+
+@pytest.fixture(scope="module")
+def store_run(ray_cluster, tmp_path_factory, data_root):
+    """One run read by several tests: EmbeddingStore mining with the store killed (and
+    restarted by Ray, empty) once it is in use; evaluated every 2nd epoch; stopped by
+    ``train.max_steps`` two steps into its 4th epoch. Returns (config, result, killer's
+    report)."""
+    folder = tmp_path_factory.mktemp("e2e_store")
+    cfg = tiny_config(folder, data_root, f"sqlite:///{folder / 'mlflow.db'}",
                       loss={"mining": "global+store", "store_capacity": 64, "store_samples": 32},
-                      train={"epochs": 4}, ray={"run_name": "e2e-store"},
-                      mlflow={"register": False})
-    killed = threading.Event()
+                      train={"epochs": 4, "eval_every_epochs": 2, "max_steps": MAX_STEPS},
+                      ray={"run_name": "e2e-store"}, mlflow={"register": False})
+    done, killed = threading.Event(), {}
+
+    def used_store():
+        try:
+            store = ray.get_actor(store_actor_name("e2e-store"), namespace=STORE_NAMESPACE)
+        except ValueError:  # not created yet
+            return None
+        try:
+            pushes = ray.get(store.stats.remote(), timeout=5)["pushes"]
+        except ray.exceptions.RayError:  # starting, or busy beyond the timeout: ask again
+            return None
+        return store if pushes >= 4 else None
 
     def kill_store_once_used():
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            try:
-                store = ray.get_actor(store_actor_name("e2e-store"), namespace=STORE_NAMESPACE)
-                if ray.get(store.stats.remote(), timeout=5)["pushes"] >= 4:
-                    ray.kill(store, no_restart=False)  # Ray restarts it, empty
-                    killed.set()
-                    return
-            except Exception:
-                pass
-            time.sleep(0.2)
+        try:
+            store = wait_for(used_store, timeout_s=600, what="4 pushes to the store", stop=done)
+        except AssertionError as exc:
+            killed["error"] = str(exc)
+            return
+        ray.kill(store, no_restart=False)  # Ray restarts it, empty
+        killed["at"] = True
 
     killer = threading.Thread(target=kill_store_once_used, daemon=True)
     killer.start()
-    result = run_training(cfg)
-    killer.join(timeout=5)
-    assert killed.is_set()
-    history = dict(metric_history(mlflow_uri, result.mlflow_run_id, "store_hit"))
+    try:
+        result = run_training(cfg)
+    finally:
+        done.set()
+        killer.join(timeout=30)
+    return cfg, result, killed
+
+
+def test_killed_store_does_not_fail_the_run(store_run):
+    cfg, result, killed = store_run
+    uri = cfg.mlflow.tracking_uri
+    assert "at" in killed, killed.get("error")
+    history = dict(metric_history(uri, result.mlflow_run_id, "store_hit"))
     assert max(history.values()) > 0  # store triplets were used
-    failures = [v for _, v in metric_history(mlflow_uri, result.mlflow_run_id, "store_failures")]
-    restarts = [v for _, v in metric_history(mlflow_uri, result.mlflow_run_id, "store_restarts")]
+    failures = [v for _, v in metric_history(uri, result.mlflow_run_id, "store_failures")]
+    restarts = [v for _, v in metric_history(uri, result.mlflow_run_id, "store_restarts")]
     assert max(failures + restarts) > 0  # the outage was noticed and logged
-    assert len(metric_history(mlflow_uri, result.mlflow_run_id, "loss")) == 16  # all steps ran
+    assert len(metric_history(uri, result.mlflow_run_id, "loss")) == MAX_STEPS  # all steps ran
+
+
+def test_evaluations_follow_eval_every_epochs_and_training_stops_at_max_steps(store_run):
+    cfg, result, _ = store_run
+    uri, run_id = cfg.mlflow.tracking_uri, result.mlflow_run_id
+    assert [step for step, _ in metric_history(uri, run_id, "loss")] == list(
+        range(1, MAX_STEPS + 1))
+    # Epoch 2 (every 2nd epoch), then the last epoch trained, cut short by max_steps.
+    assert [step for step, _ in metric_history(uri, run_id, "val_miou")] == [
+        2 * STEPS_PER_EPOCH, MAX_STEPS]
+    tables = MlflowClient(uri).list_artifacts(run_id, "per_class_iou")
+    assert [t.path for t in tables] == ["per_class_iou/epoch_002.md", "per_class_iou/epoch_004.md"]
+    # The poly schedule ends at max_steps, not at epochs x steps: the lr logged after
+    # step s is the one step s trained with, poly_lr(lr, s - 1, MAX_STEPS, power).
+    lrs = metric_history(uri, run_id, "lr")
+    assert [value for _, value in lrs] == pytest.approx(
+        [poly_lr(cfg.train.lr, step - 1, MAX_STEPS, cfg.train.poly_power) for step, _ in lrs])
+    # A checkpoint at each evaluation, the last one at max_steps.
+    states = [load_training_state(folder) for folder in
+              (Path(cfg.ray.storage_path) / "e2e-store").glob("checkpoint_*") if folder.is_dir()]
+    assert sorted((s["step"], s["epoch"]) for s in states) == [(8, 2), (MAX_STEPS, 4)]
+    assert_miou_is_the_mean_of_the_logged_class_ious(uri, run_id)
