@@ -8,6 +8,7 @@ PNGs, not the quality of the predictions.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,7 @@ def test_predict_here_on_mixed_images_reports_the_bad_one(registered, tmp_path):
         f"{stem}_{kind}.png" for stem in sizes for kind in ("classes", "overlay"))  # no temp files
 
 
+@pytest.mark.ray
 def test_predict_a_folder_on_ray_tasks(registered, tmp_path, job_tmpdir):
     photos = tmp_path / "many"
     photos.mkdir()
@@ -140,6 +142,45 @@ def test_predict_a_folder_on_ray_tasks(registered, tmp_path, job_tmpdir):
     for stem, size in sizes.items():
         check_outputs(out, stem, size)
     assert result.left_running == []  # the job shut its local Ray down
+
+
+@pytest.mark.ray
+def test_a_ray_task_that_dies_fails_its_own_images_and_no_other(ray_cluster, tmp_path,
+                                                                 monkeypatch):
+    """A worker process that dies mid-task (a segfault, the OOM killer) takes its chunk's
+    images with it; they come back as failed, named, and the other chunks are written."""
+    from pdml_ray.inference import SceneParser
+    from pdml_ray.service import predict
+
+    cfg = from_dict({"model": {"backbone": "resnet18", "head": "linear"}})
+    parser = SceneParser(build_model(num_classes=NUM_CLASSES, backbone="resnet18",
+                                     head="linear"), cfg)
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    out.mkdir()
+    sizes = {f"img{k}": (12 + k, 16) for k in range(3)}
+    sources = [save(photos / f"{stem}.png", rgb(*size, seed=k))
+               for k, (stem, size) in enumerate(sizes.items())]
+    doomed = photos / "doomed.png"
+    doomed.write_bytes(b"this image kills its worker")
+    sources.insert(1, doomed)
+    real_chunk = predict._predict_chunk
+
+    def chunk_that_kills_its_worker(model, items, alpha, options):
+        if any(data == b"this image kills its worker" for _, data in items):
+            os._exit(1)
+        return real_chunk(model, items, alpha, options)
+
+    monkeypatch.setattr(predict, "_predict_chunk", chunk_that_kills_its_worker)
+    outcomes = [outcome for chunk in predict.predict_on_ray(parser, sources, out, chunk_size=1)
+                for outcome in chunk]
+    assert sorted(outcome.source for outcome in outcomes) == sorted(sources)  # each once
+    failed = {outcome.source: outcome.error for outcome in outcomes if outcome.error}
+    assert failed == {doomed: "its Ray task failed: WorkerCrashedError"}
+    for stem, size in sizes.items():
+        check_outputs(out, stem, size)
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        f"{stem}_{kind}.png" for stem in sizes for kind in ("classes", "overlay"))
 
 
 def test_inputs_skip_this_jobs_outputs_and_macos_files_but_keep_odd_entries(tmp_path):
