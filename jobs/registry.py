@@ -125,12 +125,11 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from mlflow.tracking import MlflowClient
-
     from pdml_ray.service.preflight import check_store_readable
+    from pdml_ray.service.registry.model_uri import registry_client
 
     check_store_readable(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries
-    client = MlflowClient(cfg.mlflow.tracking_uri)
+    client = registry_client(cfg.mlflow.tracking_uri)
     {"list": list_command, "show": show_command, "promote": promote_command,
      "demote": demote_command}[args.command](client, args, cfg)
     return 0
