@@ -531,7 +531,13 @@ def main() -> None:
     name = f"quality-table{args.table}-{args.regime}" + (f"-{args.tag}" if args.tag else "")
     path = benchlib.RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
     # Resumable: the finished runs of an earlier sitting are kept, not trained again.
-    records = json.loads(path.read_text())["records"] if path.is_file() else []
+    records = []
+    if path.is_file():
+        payload = json.loads(path.read_text())
+        # Records of older tables carry no config of their own: give them the one they ran
+        # with now, before this sitting rewrites the table's base config with today's.
+        records = [{**r, "config": record_config(payload["config"], r).to_dict()}
+                   for r in payload["records"]]
 
     def save(records: list[dict]) -> None:
         benchlib.write_json(name, {"args": vars(args), "config": cfg.to_dict(),
