@@ -23,12 +23,11 @@ from torch import nn
 
 from pdml_ray.config import Config
 from pdml_ray.extension import extend_from_logits, extension_accuracy
+from pdml_ray.labels import IGNORE_INDEX
 from pdml_ray.losses import point_cross_entropy, sample_point_embeddings, split_cross_entropy
 from pdml_ray.metrics import ConfusionMatrix
 from pdml_ray.mining import PointBatch, TripletMiner
 from pdml_ray.models import DeepLab, build_model, parameter_groups
-
-from pdml_ray.labels import IGNORE_INDEX
 
 
 def build_model_for(cfg: Config, num_classes: int, *, pretrained: str | None = None) -> DeepLab:
