@@ -6,16 +6,37 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 from jobs.cli import parse_config_command, ray_job, run_cli
+
+
+def resume_command(argv: list[str], run_name: str) -> str:
+    """The command line that resumes run ``run_name``: the same arguments, with the run's
+    name set last (a name given before is left out: it is the same one)."""
+    args, kept = list(argv), []
+    while args:
+        arg = args.pop(0)
+        if arg == "--set" and args and args[0].startswith("ray.run_name="):
+            args.pop(0)
+        elif not arg.startswith("--set=ray.run_name="):
+            kept.append(arg)
+    return shlex.join(["python", "-m", "jobs.train", *kept, "--set", f"ray.run_name={run_name}"])
 
 
 def main() -> int:
     cfg = parse_config_command("python -m jobs.train", __doc__)
 
-    from pdml_ray.service.driver import run_training
+    from pdml_ray.service.driver import TrainingInterrupted, run_training
 
-    with ray_job(cfg):
-        result = run_training(cfg, console=True)
+    try:
+        with ray_job(cfg):
+            result = run_training(cfg, console=True)
+    except TrainingInterrupted as stop:
+        print(f"interrupted: resume with  {resume_command(sys.argv[1:], stop.run_name)}",
+              file=sys.stderr)
+        return 130
     print(f"\nRay run        {result.run_name}")
     print(f"MLflow run     {result.mlflow_run_id} in {cfg.mlflow.tracking_uri}")
     print(f"best val mIoU  {result.best_val_miou:.4f}   pixel acc {result.best_val_pixel_acc:.4f}")

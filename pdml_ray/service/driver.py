@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -23,7 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from pdml_ray.config import Config, resolve_paths
 from pdml_ray.console import verbose
 from pdml_ray.data import DataError, build_dataset, ensure_synthetic
-from pdml_ray.service.checkpoint import load_training_state
+from pdml_ray.service.checkpoint import load_training_state, prune_checkpoints
 from pdml_ray.service.data_check import StopOnDataError, check_headers, data_error_of_run
 from pdml_ray.service.preflight import check_before_training
 from pdml_ray.service.progress import console_board
@@ -45,6 +47,17 @@ class TrainingResult:
     per_class_iou: list[float]
     checkpoint_path: str
     registered: RegisteredModel | None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`run_training` (SIGINT to a job's main thread). By then the
+    Train workers were stopped, the MLflow run was marked KILLED and the checkpoints
+    beyond ``ray.keep_checkpoints`` were removed; training the same config under
+    ``run_name`` resumes from the newest checkpoint."""
+
+    def __init__(self, run_name: str):
+        super().__init__(run_name)
+        self.run_name = run_name
 
 
 def unique_run_name(prefix: str = "pdml") -> str:
@@ -111,8 +124,9 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
         try:
             with console_board(run_name) if console else nullcontext() as board:
                 loop_config.update(progress_board=board, forward_warnings=not verbose())
-                result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
-                                       callbacks=callbacks).fit()
+                with _sigint_handler_kept():
+                    result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
+                                           callbacks=callbacks).fit()
         except ray.train.ControllerError as error:  # StopOnDataError ended the run
             data_error = data_error_of_run(error)
             if data_error is None:
@@ -141,6 +155,9 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
         # SystemExit / KeyboardInterrupt: stopped from outside (Tune's scheduler exits a
         # trial it stops, or Ctrl-C), not failed: the MLflow run says KILLED.
         _mark_failed(uri, run_id, killed=not isinstance(exc, Exception))
+        if _is_interrupt(exc):
+            _prune_after_interrupt(cfg, run_name)
+            raise TrainingInterrupted(run_name) from exc
         raise
     finally:
         if store is not None:
@@ -151,6 +168,44 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
                           best_val_pixel_acc=scores["val_pixel_acc"],
                           per_class_iou=list(scores["per_class_iou"]),
                           checkpoint_path=best.path, registered=registered)
+
+
+@contextmanager
+def _sigint_handler_kept() -> Iterator[None]:
+    """Put back this thread's SIGINT handler after ``fit()``. In the main thread, Train V2's
+    ``fit()`` installs its own: the first Ctrl-C aborts the controller, which stops the
+    worker group, and ``fit()`` then ends in SystemExit. Left installed, that handler
+    would swallow a Ctrl-C during evaluation and registration."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a Tune trial: Train installs nothing there
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C: a KeyboardInterrupt, or the SystemExit that Train's SIGINT handler raises
+    in the main thread (a Tune trial stopped by its scheduler exits in another thread)."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and threading.current_thread() is threading.main_thread())
+
+
+def _prune_after_interrupt(cfg: Config, run_name: str) -> None:
+    """Checkpoints beyond ``ray.keep_checkpoints`` (Ray leaves the latest besides the best,
+    and one written but not yet registered when the run stopped) are removed, keeping
+    the newest for the resume and the best by val mIoU."""
+    try:
+        removed = prune_checkpoints(cfg.ray.storage_path, run_name, cfg.ray.keep_checkpoints)
+    except Exception as exc:  # the interrupt is what the user must see
+        log.warning("could not remove the checkpoints of run %s beyond ray.keep_checkpoints=%d: "
+                    "%s", run_name, cfg.ray.keep_checkpoints, exc)
+        return
+    if removed:
+        log.info("removed %d checkpoint(s) beyond ray.keep_checkpoints=%d: %s", len(removed),
+                 cfg.ray.keep_checkpoints, ", ".join(removed))
 
 
 def _mark_failed(uri: str, run_id: str, *, killed: bool = False) -> None:

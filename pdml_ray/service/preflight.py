@@ -141,8 +141,9 @@ def _request_nodes(cfg: Config | None) -> None:
 # -- resumes ---------------------------------------------------------------------------
 # Where a run happens, not what it computes: a run may resume on another cluster.
 RESUME_MAY_CHANGE = frozenset({"ray.address"})
-# A training run may also be resumed to train for more epochs (from its last checkpoint).
-TRAIN_RESUME_MAY_CHANGE = RESUME_MAY_CHANGE | {"train.epochs"}
+# A training run may also be resumed to train for more epochs (from its last checkpoint),
+# and under the name it was given when it started without one (the interrupted job's line).
+TRAIN_RESUME_MAY_CHANGE = RESUME_MAY_CHANGE | {"train.epochs", "ray.run_name"}
 
 
 def changed_settings(cfg: Config, run_id: str, *, include_sweep: bool = False,
