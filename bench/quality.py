@@ -248,7 +248,7 @@ def last_evaluation(cfg, uri: str, run_id: str) -> dict:
     validation split would flatter whichever row's curve is noisiest.
     """
     from pdml_ray.data import build_dataset
-    from pdml_ray.service.worker import metric_key
+    from pdml_ray.service.tracking import metric_key
 
     curve = benchlib.metric_history(uri, run_id, "val_miou")
     last_step = curve[-1][0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -152,6 +153,11 @@ def mlflow_run_name(cfg: Config, ray_run_name: str) -> str:
     """``point+pdml+ext pdml-20250101-120000-ab12``: the supervision mode first, so runs
     of different modes tell apart in the UI's run list and chart legends."""
     return f"{cfg.train.supervision} {ray_run_name}"
+
+
+def metric_key(name: str) -> str:
+    """A class name as an MLflow metric key: MLflow allows letters, digits and ``_-. /``."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]+", "_", name).strip() or "_"
 
 
 def start_run(cfg: Config, *, ray_run_name: str, parent_run_id: str | None = None,

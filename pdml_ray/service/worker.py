@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import tempfile
 import time
 
@@ -23,7 +22,7 @@ from pdml_ray.service.checkpoint import load_training_state, save_training_state
 from pdml_ray.service.diagnostics import DistanceRecorder
 from pdml_ray.service.progress import WorkerProgress
 from pdml_ray.service.store import StoreClient
-from pdml_ray.service.tracking import MetricLogger, start_system_metrics
+from pdml_ray.service.tracking import MetricLogger, metric_key, start_system_metrics
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +181,6 @@ def sample_predictions(model: torch.nn.Module, dataset, device: torch.device,
         logits = model(to_model_input(image).unsqueeze(0).to(device))["out"]
         samples.append((image, truth, logits.argmax(dim=1)[0].cpu().numpy()))
     return samples
-
-
-def metric_key(name: str) -> str:
-    """A class name as an MLflow metric key: MLflow allows letters, digits and ``_-. /``."""
-    return re.sub(r"[^0-9A-Za-z_\-. /]+", "_", name).strip() or "_"
 
 
 def per_class_metrics(class_names, per_class_iou) -> dict[str, float]:

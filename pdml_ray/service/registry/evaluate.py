@@ -14,7 +14,7 @@ from pdml_ray.config import Config
 from pdml_ray.data import dataset_class
 from pdml_ray.service.registry.load import LoadedModel
 from pdml_ray.service.registry.model_uri import ModelNotFound
-from pdml_ray.service.tracking import experiment_id
+from pdml_ray.service.tracking import experiment_id, metric_key
 
 EVALUATED_MODEL_TAG = "pdml.evaluated_model"
 EVALUATED_VERSION_TAG = "pdml.evaluated_version"
@@ -46,7 +46,7 @@ def log_evaluation(cfg: Config, loaded: LoadedModel, *, report_dir: str | Path, 
     now = int(time.time() * 1000)
     metrics = [Metric("eval_miou", scores["miou"], now, 0),
                Metric("eval_pixel_acc", scores["pixel_acc"], now, 0)]
-    metrics += [Metric(f"eval_iou_{_metric_name(name)}", iou, now, 0)
+    metrics += [Metric(f"eval_iou_{metric_key(name)}", iou, now, 0)
                 for name, iou in zip(names, scores["per_class_iou"]) if not math.isnan(iou)]
     for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
@@ -55,8 +55,3 @@ def log_evaluation(cfg: Config, loaded: LoadedModel, *, report_dir: str | Path, 
     if not to_model_run:
         client.set_terminated(run_id)
     return run_id
-
-
-def _metric_name(class_name: str) -> str:
-    """A class name as an MLflow metric key (letters, digits, ``_ - . /`` and spaces)."""
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in class_name)
