@@ -190,7 +190,8 @@ def test_extended_pixels_are_weighed_as_configured(weighting):
     output = {"out": logits, "embed": torch.zeros(2, 4, 3, 3)}
     before, _ = compute_loss(output, batch, cfg=cfg, epoch=0, miner=None)
     after, logs = compute_loss(output, batch, cfg=cfg, epoch=1, miner=None)
-    extended = extend_from_logits(logits, points)
+    extended = extend_from_logits(logits, points, method=cfg.extension.method,
+                                  threshold=cfg.extension.threshold, window=cfg.extension.window)
     assert (extended != 255).sum() > (points != 255).sum()  # the extension added pixels
     assert before.item() == pytest.approx(point_cross_entropy(logits, points).item())
     want = (split_cross_entropy(logits, extended, points) if weighting == "separate"
@@ -232,7 +233,8 @@ def test_separate_extension_weight_ramps_in_linearly():
                               "extension.weight": 0.6, "extension.ramp_epochs": 3})
     output, batch = _extending_batch()
     logits, points = output["out"], batch["point_labels"]
-    extended = extend_from_logits(logits, points)
+    extended = extend_from_logits(logits, points, method=cfg.extension.method,
+                                  threshold=cfg.extension.threshold, window=cfg.extension.window)
     point_term = point_cross_entropy(logits, points).item()
     mask = (extended != 255) & (points == 255)
     ext_term = torch.nn.functional.cross_entropy(logits, extended, ignore_index=255,
