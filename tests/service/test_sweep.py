@@ -17,8 +17,6 @@ from pdml_ray.service.tracking import end_run, start_run
 from tests.helpers import (job_env, kill_session, run_job, start_job, tiny_config,
                            wait_for)
 
-pytestmark = pytest.mark.ray
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
@@ -76,6 +74,7 @@ def test_results_table_tells_stopped_trials_from_failed_ones(tmp_path, mlflow_ur
     assert status == {"t0": "FINISHED", "t1": "KILLED", "t2": "KILLED", "t3": "FAILED"}
 
 
+@pytest.mark.ray
 def test_sweep_logs_trials_table_and_registers_best(ray_cluster, tmp_path, data_root, mlflow_uri):
     cfg = sweep_config(tmp_path, data_root, mlflow_uri, margins=[5.0, 20.0], scheduler="none")
     result = run_sweep(cfg)
@@ -118,6 +117,7 @@ def test_concurrent_trials_follow_the_cluster(tmp_path, mlflow_uri):
     assert concurrent_trials(gpu.replace(**{"sweep.max_concurrent_trials": 1}), {"CPU": 8.0}) == 1
 
 
+@pytest.mark.ray
 def test_asha_stops_a_trial_below_the_bar(ray_cluster, tmp_path, data_root, mlflow_uri):
     # One trial at a time, in grid order: the first sets the bar at each rung (it always
     # completes); the second is stopped at the first rung where its val mIoU is below.
@@ -157,6 +157,7 @@ def finished_trials(sweep_folder: Path) -> int:
     return done
 
 
+@pytest.mark.ray
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path,
                                                                      data_root, job_tmpdir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
