@@ -47,9 +47,11 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 # Choices that code below the config checks too: named once here, read with
-# typing.get_args where the values are checked (models/backbone.py, extension.py).
+# typing.get_args where the values are checked (models/, losses/, extension.py).
 Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
 OutputStride = Literal[8, 16]
+Head = Literal["aspp", "linear"]
+Pairing = Literal["paper", "all"]
 ExtensionMethod = Literal["score+region", "region", "score"]
 
 
@@ -111,7 +113,7 @@ class ModelConfig:
     # resnet18 trains in minutes on CPU; the paper's resnet101 is in configs/*.yaml.
     backbone: Backbone = "resnet18"
     output_stride: OutputStride = 8  # the paper's atrous ResNet keeps stride 8
-    head: Literal["aspp", "linear"] = "aspp"  # DeepLab-v2 ASPP, as in the paper
+    head: Head = "aspp"  # DeepLab-v2 ASPP, as in the paper
     # None: random init; a path to a state_dict file; or a torchvision weights name
     # such as "IMAGENET1K_V1" (downloaded by torchvision on a machine with internet).
     pretrained: str | None = None
@@ -138,7 +140,7 @@ class LossConfig:
     # is ~15 while the CE is ~1: at 1.0 it collapses ReLU embeddings, at 0.1 it still
     # outweighs the CE and cost 1.7 mIoU against 0.02 in the pretrained benchmark.
     pdml_weight: float = 0.02
-    pairing: Literal["paper", "all"] = "paper"  # Algorithm 1 lines 15-19, or all pos x neg
+    pairing: Pairing = "paper"  # Algorithm 1 lines 15-19, or all pos x neg
     subgroup_size: int = 4  # consecutive images of the (global) batch that form a subgroup
     mining: Literal["in_batch", "global", "global+store"] = "global"
     store_weight: float = 0.5  # weight of store triplets relative to subgroup triplets

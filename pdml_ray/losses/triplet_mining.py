@@ -24,11 +24,14 @@ of triplets; there is no Python loop over points, images or triplets.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 
+from pdml_ray.config import Pairing
 from pdml_ray.labels import IGNORE_INDEX
 
-PAIRINGS = ("paper", "all")
+PAIRINGS = typing.get_args(Pairing)
 
 
 def _check_points(name: str, labels: torch.Tensor, image_ids: torch.Tensor,

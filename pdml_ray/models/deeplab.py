@@ -6,16 +6,18 @@ point-based distance metric learning (the paper's Figure 1), so ``forward`` retu
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdml_ray.config import Head
 from pdml_ray.models.aspp import ASPPv2, LinearHead
 from pdml_ray.models.backbone import build_backbone, check_backbone_args, embed_channels
 
-HEADS = ("aspp", "linear")
+HEADS = typing.get_args(Head)
 
 
 class ProjectionHead(nn.Module):
