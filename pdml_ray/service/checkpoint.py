@@ -169,15 +169,18 @@ def prune_checkpoints(storage_path: str, run_name: str, keep: int) -> list[str]:
     if fs.get_file_info(snapshot_path).type == pafs.FileType.File:
         with fs.open_input_stream(snapshot_path) as stream:
             snapshot = json.loads(stream.read())
-    deleted = checkpoints_to_delete(folders, recorded_metrics(snapshot or {}), keep)
+    if snapshot is None:
+        # No record of which checkpoints Ray registered (none yet, or a Ray that keeps it
+        # elsewhere): deleting on a guess could remove the resume point, so keep them all.
+        return []
+    deleted = checkpoints_to_delete(folders, recorded_metrics(snapshot), keep)
     if not deleted:
         return []
-    if snapshot is not None:
-        # Written first (to a temporary name, then moved), as Ray does: a snapshot must
-        # never name a checkpoint that is already gone.
-        with fs.open_output_stream(f"{snapshot_path}.tmp") as stream:
-            stream.write(json.dumps(snapshot_without(snapshot, set(deleted))).encode())
-        fs.move(f"{snapshot_path}.tmp", snapshot_path)
+    # Written first (to a temporary name, then moved), as Ray does: a snapshot must
+    # never name a checkpoint that is already gone.
+    with fs.open_output_stream(f"{snapshot_path}.tmp") as stream:
+        stream.write(json.dumps(snapshot_without(snapshot, set(deleted))).encode())
+    fs.move(f"{snapshot_path}.tmp", snapshot_path)
     for name in deleted:
         fs.delete_dir(f"{run}/{name}")
     return deleted

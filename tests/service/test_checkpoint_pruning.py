@@ -118,3 +118,12 @@ def test_prune_checkpoints_leaves_what_ray_can_resume_from(tmp_path):
     assert state.latest_checkpoint_result.checkpoint_dir_name == name(12)
     assert prune_checkpoints(str(tmp_path / "ray_results"), "run-1", keep=2) == []
     assert prune_checkpoints(str(tmp_path / "ray_results"), "never-ran", keep=2) == []
+
+
+def test_prune_keeps_every_checkpoint_when_ray_left_no_snapshot(tmp_path):
+    # Without Ray's record nothing says which folder is the resume point: keep them all.
+    run = tmp_path / "ray_results" / "run-2"
+    for step in (4, 8, 12):
+        (run / name(step)).mkdir(parents=True)
+    assert prune_checkpoints(str(tmp_path / "ray_results"), "run-2", keep=1) == []
+    assert sorted(path.name for path in run.iterdir()) == [name(4), name(8), name(12)]
