@@ -166,10 +166,10 @@ def test_a_ray_task_that_dies_fails_its_own_images_and_no_other(ray_cluster, tmp
     sources.insert(1, doomed)
     real_chunk = predict._predict_chunk
 
-    def chunk_that_kills_its_worker(model, items, alpha, options):
+    def chunk_that_kills_its_worker(model, items, alpha, options, max_pixels):
         if any(data == b"this image kills its worker" for _, data in items):
             os._exit(1)
-        return real_chunk(model, items, alpha, options)
+        return real_chunk(model, items, alpha, options, max_pixels)
 
     monkeypatch.setattr(predict, "_predict_chunk", chunk_that_kills_its_worker)
     outcomes = [outcome for chunk in predict.predict_on_ray(parser, sources, out, chunk_size=1)
