@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 
-from jobs.cli import parse_config_command, ray_job, run_cli
+STARTED_AT = time.time()  # before the heavy imports: start-up counts from the command
+
+from jobs.cli import parse_config_command, ray_job, run_cli  # noqa: E402
 
 
 def resume_command(argv: list[str], run_name: str) -> str:
@@ -29,10 +32,11 @@ def main() -> int:
     cfg = parse_config_command("python -m jobs.train", __doc__)
 
     from pdml_ray.service.driver import TrainingInterrupted, run_training
+    from pdml_ray.service.phases import summary_line
 
     try:
         with ray_job(cfg):
-            result = run_training(cfg, console=True)
+            result = run_training(cfg, console=True, started_at=STARTED_AT)
     except TrainingInterrupted as stop:
         print(f"interrupted: resume with  {resume_command(sys.argv[1:], stop.run_name)}",
               file=sys.stderr)
@@ -41,6 +45,7 @@ def main() -> int:
     print(f"MLflow run     {result.mlflow_run_id} in {cfg.mlflow.tracking_uri}")
     print(f"best val mIoU  {result.best_val_miou:.4f}   pixel acc {result.best_val_pixel_acc:.4f}")
     print(f"checkpoint     {result.checkpoint_path}")
+    print(f"time           {summary_line(result.phase_seconds)}")
     if result.registered is not None:
         reg = result.registered
         alias = cfg.mlflow.champion_alias

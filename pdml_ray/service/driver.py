@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import ray
@@ -27,6 +27,7 @@ from pdml_ray.console import verbose
 from pdml_ray.data import DataError, build_dataset, ensure_synthetic
 from pdml_ray.service.checkpoint import load_training_state, prune_checkpoints
 from pdml_ray.service.data_check import StopOnDataError, check_headers, data_error_of_run
+from pdml_ray.service.phases import PHASES, PhaseClock, phase_metric
 from pdml_ray.service.preflight import check_before_training
 from pdml_ray.service.progress import console_board
 from pdml_ray.service.registry.register import RegisteredModel, log_and_register
@@ -47,6 +48,8 @@ class TrainingResult:
     per_class_iou: list[float]
     checkpoint_path: str
     registered: RegisteredModel | None
+    # where the run's wall time went, by phase (pdml_ray.service.phases.PHASES)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -100,9 +103,13 @@ def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
 
 
 def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None, console: bool = False) -> TrainingResult:
+                 tags: dict[str, str] | None = None, console: bool = False,
+                 started_at: float | None = None) -> TrainingResult:
     """Train, evaluate and register; returns the best checkpoint's scores. ``console``:
-    print one line per epoch and progress within it (a job's terminal, not a Tune trial)."""
+    print one line per epoch and progress within it (a job's terminal, not a Tune trial).
+    ``started_at``: when the command began (``time.time()``), the origin of the start-up
+    phase; else this call's own start."""
+    started_at = time.time() if started_at is None else started_at
     cfg = resolve_paths(cfg)
     uri = cfg.mlflow.tracking_uri
     check_tracking_store(uri)
@@ -134,6 +141,7 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
             raise data_error from None
         if result.error is not None:
             raise result.error
+        fit_done = time.perf_counter()
         best = result.get_best_checkpoint(metric="val_miou", mode="max")
         if best is None:
             raise RuntimeError(f"Ray run {run_name} finished without a checkpoint")
@@ -151,6 +159,13 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
             registered = log_and_register(cfg, run_id=run_id, state_dict=state["model"],
                                           val_miou=scores["val_miou"],
                                           per_class_iou=scores["per_class_iou"])
+        phase_seconds = _phase_seconds({**result.metrics, **_logged_metrics(tracker)},
+                                       started_at=started_at,
+                                       registration_s=time.perf_counter() - fit_done)
+        tracker.log({phase_metric(phase): phase_seconds[phase]
+                     for phase in ("startup", "registration") if phase in phase_seconds},
+                    step=int(scores["step"]))
+        tracker.flush()
     except BaseException as exc:
         # SystemExit / KeyboardInterrupt: stopped from outside (Tune's scheduler exits a
         # trial it stops, or Ctrl-C), not failed: the MLflow run says KILLED.
@@ -167,7 +182,33 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
                           best_val_miou=scores["val_miou"],
                           best_val_pixel_acc=scores["val_pixel_acc"],
                           per_class_iou=list(scores["per_class_iou"]),
-                          checkpoint_path=best.path, registered=registered)
+                          checkpoint_path=best.path, registered=registered,
+                          phase_seconds=phase_seconds)
+
+
+def _logged_metrics(tracker: MetricLogger) -> dict[str, float]:
+    """The run's latest metrics in MLflow (rank 0 logs its phases after its last report),
+    or none when the store cannot answer now."""
+    try:
+        with fail_fast_http():
+            return dict(tracker.client.get_run(tracker.run_id).data.metrics)
+    except Exception as exc:
+        log.warning("MLflow %s unreachable: the time split uses the workers' last report "
+                    "(%s)", tracker.uri, type(exc).__name__)
+        return {}
+
+
+def _phase_seconds(worker_metrics: dict, *, started_at: float, registration_s: float
+                   ) -> dict[str, float]:
+    """The run's phases: start-up from ``started_at`` to the first step (the workers
+    say when it began), the workers' own phases, and the driver's registration
+    (everything after ``fit()``)."""
+    seconds = {phase: worker_metrics[phase_metric(phase)] for phase in PHASES
+               if phase_metric(phase) in worker_metrics}
+    if worker_metrics.get("first_step_unix"):
+        seconds["startup"] = worker_metrics["first_step_unix"] - started_at
+    seconds["registration"] = registration_s
+    return seconds
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from pdml_ray.mining import build_miner
 from pdml_ray.reports import markdown_table, prediction_grid
 from pdml_ray.service.checkpoint import load_training_state, save_training_state
 from pdml_ray.service.diagnostics import DistanceRecorder
+from pdml_ray.service.phases import PhaseClock
 from pdml_ray.service.progress import WorkerProgress
 from pdml_ray.service.store import StoreClient
 from pdml_ray.service.tracking import MetricLogger, metric_key, start_system_metrics
@@ -95,6 +96,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                               forward_warnings=loop_config.get("forward_warnings", False))
                if loop_config.get("progress_board") else None)
     epoch_losses: list[float] = []
+    clock = PhaseClock()  # where this worker's time goes, logged as time/<phase>_s
+    first_step_unix = None  # reported to the driver, which measures start-up from it
     distances = (DistanceRecorder.for_run(cfg, total_steps=total_steps,
                                           steps_per_epoch=steps_per_epoch)
                  if tracker is not None and cfg.uses_pdml else None)  # the paper's Figure 4
@@ -105,7 +108,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             console.loss = means["loss"]
         if tracker is not None:
             means["images_per_s"] = means["images_per_s"] * world
-            tracker.log(means, step=at_step)
+            with clock("logging"):
+                tracker.log(means, step=at_step)
             log.debug("step %d/%d  loss %.4f  lr %.2e  %.1f img/s", at_step, total_steps,
                       means["loss"], means["lr"], means["images_per_s"])
 
@@ -118,29 +122,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
         batches = (console.batches(train_loader, epoch=epoch + 1, epochs=last_epoch,
                                    total=min(steps_per_epoch, total_steps - step))
                    if console is not None else train_loader)
-        step = train_one_epoch(model, batches, optimizer, cfg=cfg, epoch=epoch,
-                               start_step=step, total_steps=total_steps, device=device,
-                               miner=distances.watch(miner, epoch) if distances else miner,
-                               scaler=scaler, on_log=on_log)
+        first_step_unix = first_step_unix or time.time()
+        with clock("steps"):
+            step = train_one_epoch(model, batches, optimizer, cfg=cfg, epoch=epoch,
+                                   start_step=step, total_steps=total_steps, device=device,
+                                   miner=distances.watch(miner, epoch) if distances else miner,
+                                   scaler=scaler, on_log=on_log)
         last = epoch + 1 == cfg.train.epochs or step >= total_steps
         if not last and (epoch + 1) % cfg.train.eval_every_epochs:
             if console is not None:
                 console.epoch_done(epoch + 1, last_epoch, time.monotonic() - started,
                                    loss=_mean(epoch_losses))
             continue
-        scores = evaluate(model, val_loader, num_classes=train_set.num_classes, device=device)
+        with clock("evaluation"):
+            scores = evaluate(model, val_loader, num_classes=train_set.num_classes,
+                              device=device)
         metrics = {"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"],
-                   "epoch": epoch + 1, "step": step}
+                   "epoch": epoch + 1, "step": step, "first_step_unix": first_step_unix,
+                   **clock.metrics()}  # the driver's end-of-run summary reads these
         if tracker is not None:
-            tracker.log({"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"],
-                         **per_class_metrics(train_set.classes, scores["per_class_iou"])},
-                        step=step)
-            tracker.log_artifact_text(per_class_table(train_set.classes, scores["per_class_iou"]),
-                                      f"per_class_iou/epoch_{epoch + 1:03d}.md")
-            samples = sample_predictions(getattr(model, "module", model), val_set, device)
-            tracker.log_image(prediction_grid(*zip(*samples), val_set.palette),
-                              key="val_predictions", step=step)
-        with tempfile.TemporaryDirectory() as folder:
+            with clock("logging"):
+                log_evaluation(tracker, scores, step=step, epoch=epoch,
+                               model=getattr(model, "module", model), val_set=val_set,
+                               device=device)
+        with clock("checkpointing"), tempfile.TemporaryDirectory() as folder:
             report_checkpoint = None
             if rank == 0:
                 save_training_state(folder, model=model, optimizer=optimizer, scaler=scaler,
@@ -152,15 +157,31 @@ def train_loop_per_worker(loop_config: dict) -> None:
             console.epoch_done(epoch + 1, last_epoch, time.monotonic() - started,
                                loss=_mean(epoch_losses), val_miou=scores["miou"],
                                pixel_acc=scores["pixel_acc"])
-    if distances is not None:
-        distances.log(tracker)
-    if monitor is not None:
-        monitor.finish()
-    if tracker is not None and not tracker.flush():
-        log.warning("MLflow still unreachable at the end: %d metric points not logged",
-                    len(tracker.buffer))
+    with clock("logging"):
+        if distances is not None:
+            distances.log(tracker)
+        if monitor is not None:
+            monitor.finish()
+        if tracker is not None:
+            tracker.log({**clock.metrics(), "first_step_unix": first_step_unix}, step=step)
+            if not tracker.flush():
+                log.warning("MLflow still unreachable at the end: %d metric points not logged",
+                            len(tracker.buffer))
     if console is not None:
         console.close()
+
+
+def log_evaluation(tracker: MetricLogger, scores: dict, *, step: int, epoch: int,
+                   model: torch.nn.Module, val_set, device: torch.device) -> None:
+    """An evaluation in MLflow: val mIoU, pixel accuracy and per-class IoU by step, the
+    per-class table of this epoch, and the sample images as image | truth | prediction."""
+    tracker.log({"val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"],
+                 **per_class_metrics(val_set.classes, scores["per_class_iou"])}, step=step)
+    tracker.log_artifact_text(per_class_table(val_set.classes, scores["per_class_iou"]),
+                              f"per_class_iou/epoch_{epoch + 1:03d}.md")
+    samples = sample_predictions(model, val_set, device)
+    tracker.log_image(prediction_grid(*zip(*samples), val_set.palette),
+                      key="val_predictions", step=step)
 
 
 def _mean(values: list[float]) -> float | None:

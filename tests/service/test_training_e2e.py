@@ -21,6 +21,7 @@ from pdml_ray.data.synthetic import SYNTHETIC_CLASSES
 from pdml_ray.engine import poly_lr
 from pdml_ray.service.checkpoint import CHECKPOINT_FILE, load_training_state
 from pdml_ray.service.driver import run_training
+from pdml_ray.service.phases import PHASES
 from pdml_ray.service.store import STORE_NAMESPACE, store_actor_name
 from pdml_ray.service.tracking import tracking_uri_scope
 from tests.helpers import tiny_config, wait_for
@@ -31,6 +32,10 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("scenes") / "synthetic"
+
+
+def run_after(uri: str, result):
+    return MlflowClient(uri).get_run(result.mlflow_run_id)
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -96,6 +101,16 @@ def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlf
                                                     artifact_path=pngs[-1][1],
                                                     tracking_uri=mlflow_uri)))
     assert grid.shape[:2] == (4 * 128 + 3 * 2, 3 * 128 + 2 * 2)  # 4 rows of 48 px scenes
+
+    # Where the time went: every phase logged once, the job's returned split the same.
+    timed = {key: value for key, value in run_after(mlflow_uri, first).data.metrics.items()
+             if key.startswith("time/")}
+    assert set(timed) == {f"time/{p}_s" for p in PHASES}
+    assert all(value > 0 for value in timed.values())
+    assert first.phase_seconds["startup"] == timed["time/startup_s"]
+    assert first.phase_seconds["registration"] == timed["time/registration_s"]
+    for phase in ("steps", "evaluation", "checkpointing", "logging"):  # the workers' own
+        assert first.phase_seconds[phase] == timed[f"time/{phase}_s"]
 
     # The registered model loads by alias and predicts at a size never seen in training.
     assert first.registered is not None and first.registered.is_champion
