@@ -64,7 +64,8 @@ def ray_job(cfg: Config, *, include_sweep: bool = False) -> Iterator[None]:
     configure_logging()
     check_tracking_store(cfg.mlflow.tracking_uri)
     print(settings_summary(cfg, resolve_paths(Config()), include_sweep=include_sweep), flush=True)
-    with ray_session(cfg.ray.address):
+    # A local Ray starts in the background: the job's imports and data checks overlap it.
+    with ray_session(cfg.ray.address, background=True):
         yield
 
 

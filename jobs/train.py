@@ -13,6 +13,7 @@ import time
 STARTED_AT = time.time()  # before the heavy imports: start-up counts from the command
 
 from jobs.cli import parse_config_command, ray_job, run_cli  # noqa: E402
+from pdml_ray.service.phases import summary_line  # noqa: E402
 
 
 def resume_command(argv: list[str], run_name: str) -> str:
@@ -30,15 +31,17 @@ def resume_command(argv: list[str], run_name: str) -> str:
 
 def main() -> int:
     cfg = parse_config_command("python -m jobs.train", __doc__)
-
-    from pdml_ray.service.driver import TrainingInterrupted, run_training
-    from pdml_ray.service.phases import summary_line
-
     try:
         with ray_job(cfg):
+            # imported while Ray starts: torch, MLflow and Ray Train take seconds to load
+            from pdml_ray.service.driver import run_training
+
             result = run_training(cfg, console=True, started_at=STARTED_AT)
-    except TrainingInterrupted as stop:
-        print(f"interrupted: resume with  {resume_command(sys.argv[1:], stop.run_name)}",
+    except KeyboardInterrupt as stop:
+        run_name = getattr(stop, "run_name", None)  # a TrainingInterrupted: it can resume
+        if run_name is None:
+            raise
+        print(f"interrupted: resume with  {resume_command(sys.argv[1:], run_name)}",
               file=sys.stderr)
         return 130
     print(f"\nRay run        {result.run_name}")

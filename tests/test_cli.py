@@ -187,7 +187,7 @@ def test_inference_flags_name_the_flag(argv, line, capsys):
 def test_ray_job_checks_the_tracking_store_before_ray_starts(tmp_path, monkeypatch, capsys):
     import pdml_ray.service.runtime as runtime
 
-    def no_ray(address=None):
+    def no_ray(address=None, **_):
         raise AssertionError("Ray started although the tracking store was unreachable")
 
     monkeypatch.setattr(runtime, "ray_session", no_ray)
@@ -209,7 +209,7 @@ def test_ray_job_prints_the_changed_settings_then_opens_ray_at_the_configured_ad
     events = []
 
     @contextlib.contextmanager
-    def session(address=None):
+    def session(address=None, **_):
         events.append(("ray", address, capsys.readouterr().out))
         yield
 

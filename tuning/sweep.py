@@ -16,10 +16,11 @@ from jobs.cli import parse_config_command, ray_job, run_cli
 def main() -> int:
     cfg = parse_config_command("python -m tuning.sweep", __doc__)
 
-    from pdml_ray.service.sweep import run_sweep
-    from pdml_ray.service.sweep_results import table_markdown
-
     with ray_job(cfg, include_sweep=True):
+        # imported while Ray starts: torch, MLflow and Ray Tune take seconds to load
+        from pdml_ray.service.sweep import run_sweep
+        from pdml_ray.service.sweep_results import table_markdown
+
         result = run_sweep(cfg)
     print(f"\nsweep {result.name}: {len(result.table)} trials "
           f"(MLflow parent run {result.parent_run_id} in {cfg.mlflow.tracking_uri})\n")

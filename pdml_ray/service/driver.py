@@ -31,6 +31,7 @@ from pdml_ray.service.phases import PHASES, PhaseClock, phase_metric
 from pdml_ray.service.preflight import check_before_training
 from pdml_ray.service.progress import console_board
 from pdml_ray.service.registry.register import RegisteredModel, log_and_register
+from pdml_ray.service.runtime import wait_for_ray
 from pdml_ray.service.store import create_store, store_actor_name
 from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
                                        fail_fast_http, start_run)
@@ -113,8 +114,9 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
     cfg = resolve_paths(cfg)
     uri = cfg.mlflow.tracking_uri
     check_tracking_store(uri)
+    prepare_data(cfg)  # while a job's local Ray may still be starting (ray_session)
+    wait_for_ray()
     check_before_training(cfg)  # a changed resume, or workers the cluster cannot hold
-    prepare_data(cfg)
     run_name = cfg.ray.run_name or unique_run_name()
     run_id = start_run(cfg, ray_run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     log.info("MLflow run   %s in %s\ncheckpoints  %s", run_id, uri,

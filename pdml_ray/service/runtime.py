@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import tempfile
+import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -13,6 +17,9 @@ import ray
 from pdml_ray import console
 
 log = logging.getLogger(__name__)
+
+# A local Ray that ray_session(background=True) is starting; wait_for_ray() joins it.
+_starting: Future | None = None
 
 
 def start_local_ray(**init_kwargs: Any) -> str:
@@ -43,10 +50,15 @@ def start_local_ray(**init_kwargs: Any) -> str:
 
 
 @contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
+def ray_session(address: str | None = None, *, background: bool = False) -> Iterator[None]:
     """Use the caller's Ray if already initialised; else connect to ``address`` /
     ``RAY_ADDRESS`` (set by ``ray job submit``), else start a private local Ray that is
     shut down on exit. Usage statistics stay off.
+
+    ``background``: a local Ray starts in a thread and the block runs at once, so the
+    caller's imports, store checks and data preparation overlap Ray's start (``ray.init``
+    mostly waits for the processes it launches); :func:`wait_for_ray` joins it before
+    the first use of Ray.
 
     Unless ``PDML_LOG_LEVEL`` asks for INFO or DEBUG (``--verbose``), the output of Ray's
     workers and actors stays in Ray's log files instead of reaching this console: the
@@ -61,15 +73,58 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     address = address or os.environ.get("RAY_ADDRESS")
     loud = console.verbose()
     options = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.WARNING}
+    global _starting
     if address:
         ray.init(address=address, **options)
+    elif background:
+        log.info("no Ray cluster given: starting a local one")
+        _exit_on_sigterm()  # what ray.init does, but only from the main thread
+        _starting, released = Future(), threading.Event()
+        threading.Thread(target=_start_and_hold, args=(_starting, released, options),
+                         name="ray-start", daemon=True).start()
     else:
         log.info("no Ray cluster given: starting a local one")
         start_local_ray(**options)
     try:
         yield
     finally:
+        starting, _starting = _starting, None
+        if starting is not None:
+            starting.exception()  # a start under way finishes before it is shut down
         ray.shutdown()
+        if starting is not None:
+            released.set()
+
+
+def wait_for_ray() -> None:
+    """Return once Ray is up: at once unless :func:`ray_session` is starting it in the
+    background; an error of that start is raised here."""
+    if _starting is not None:
+        _starting.result()
+
+
+def _start_and_hold(future: Future, released: threading.Event, options: dict) -> None:
+    """Start Ray, then stay alive until it is shut down: Ray's own processes are started
+    with a parent-death signal, which Linux sends when the *thread* that started them
+    exits, so an ended start thread would take the cluster with it."""
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    ray_worker_log.addFilter(_sigterm_note)  # _exit_on_sigterm did it in the main thread
+    try:
+        start_local_ray(**options)
+    except BaseException as exc:
+        future.set_exception(exc)
+        return
+    future.set_result(None)
+    released.wait()
+
+
+def _sigterm_note(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+def _exit_on_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
 
 
 def configure_logging(level: int | None = None) -> None:

@@ -105,6 +105,7 @@ def run_sweep(cfg: Config, *, resume: bool = True) -> SweepResult:
     cfg = resolve_paths(cfg)
     check_tracking_store(cfg.mlflow.tracking_uri)
     prepare_data(cfg)  # once here, not raced by concurrent trials
+    wait_for_ray()  # a job's local Ray may still be starting (ray_session)
     name = cfg.sweep.name or unique_run_name("sweep")
     path = os.path.join(cfg.ray.storage_path, name)
     restoring = tune.Tuner.can_restore(path)
