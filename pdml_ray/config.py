@@ -147,6 +147,10 @@ class LossConfig:
     store_capacity: int = 8192  # points held by the EmbeddingStore ring buffer
     store_max_staleness: int = 50  # optimizer steps after which a stored point is dropped
     store_samples: int = 512  # points a worker draws from the store each step
+    # EmbeddingStore actors: worker r pushes to and samples from shard r % store_shards,
+    # which holds the points of its group of workers. One actor serves ~10 workers at a
+    # V100 step before it saturates (docs/benchmarks.md); a large run shards by group.
+    store_shards: int = 1
 
     def __post_init__(self) -> None:
         _check(self.margin >= 0, "loss.margin", f"must be >= 0, got {self.margin}")
@@ -159,6 +163,7 @@ class LossConfig:
         _check(self.store_capacity >= 1, "loss.store_capacity", "must be >= 1")
         _check(self.store_max_staleness >= 1, "loss.store_max_staleness", "must be >= 1")
         _check(self.store_samples >= 1, "loss.store_samples", "must be >= 1")
+        _check(self.store_shards >= 1, "loss.store_shards", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -359,6 +364,9 @@ class Config:
                f"each worker would take {batch // workers} image(s), so the run would train "
                f"with a global batch of {batch // workers * workers}, not {batch}; use a "
                f"multiple of {workers}")
+        _check(self.loss.store_shards <= workers, "loss.store_shards",
+               f"{self.loss.store_shards} shards for ray.num_workers={workers}: a shard "
+               "without workers would hold nothing; use at most one shard per worker")
         _check_run_name(self.sweep.name, "sweep.name")
 
     # -- views ------------------------------------------------------------------------

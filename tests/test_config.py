@@ -55,6 +55,9 @@ def test_int_widens_to_float_but_not_the_reverse():
     ("extension.start_fraction=-0.1", r"extension\.start_fraction"),
     ("extension.weight=-1", r"extension\.weight: must be >= 0"),
     ("extension.ramp_epochs=-2", r"extension\.ramp_epochs: must be >= 0"),
+    ("loss.store_shards=0", r"loss\.store_shards: must be >= 1"),
+    ("loss.store_shards=3", r"loss\.store_shards: 3 shards for ray\.num_workers=2: a shard "
+                            r"without workers would hold nothing"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -70,7 +70,7 @@ def test_typo_in_a_config_file_names_the_file_and_the_key(tmp_path):
     assert error_lines(result) == [
         f"error: {config}: loss.margn: unknown key; loss accepts margin, alpha, beta, pdml_weight, "
         "pairing, subgroup_size, mining, store_weight, store_capacity, store_max_staleness, "
-        "store_samples"]
+        "store_samples, store_shards"]
 
 
 # -- data: refused by prepare_points, and nothing half-written ---------------------------

@@ -32,7 +32,7 @@ from pdml_ray.service.preflight import check_before_training
 from pdml_ray.service.progress import console_board
 from pdml_ray.service.registry.register import RegisteredModel, log_and_register
 from pdml_ray.service.runtime import wait_for_ray
-from pdml_ray.service.store import create_store, store_actor_name
+from pdml_ray.service.store import create_stores
 from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
                                        fail_fast_http, start_run)
 from pdml_ray.service.worker import train_loop_per_worker
@@ -121,11 +121,12 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
     run_id = start_run(cfg, ray_run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     log.info("MLflow run   %s in %s\ncheckpoints  %s", run_id, uri,
              os.path.join(cfg.ray.storage_path, run_name))
-    store = None
+    stores = []
     if cfg.loss.mining == "global+store" and cfg.uses_pdml:
-        store = create_store(run_name, cfg.loss.store_capacity, seed=cfg.train.seed)
+        stores = create_stores(run_name, cfg.loss.store_capacity, cfg.loss.store_shards,
+                               seed=cfg.train.seed)
     loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
-                   "store_name": store_actor_name(run_name) if store is not None else None,
+                   "store_run": run_name if stores else None,
                    # MLflow's own setting, honoured on every node, not just where it was set
                    "system_metrics_every_s": float(os.environ.get(
                        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))}
@@ -177,7 +178,7 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
             raise TrainingInterrupted(run_name) from exc
         raise
     finally:
-        if store is not None:
+        for store in stores:
             ray.kill(store)
     end_run(uri, run_id)
     return TrainingResult(run_name=run_name, mlflow_run_id=run_id,

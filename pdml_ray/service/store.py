@@ -79,20 +79,34 @@ class EmbeddingStore:
                 "samples": self.samples, "incarnation": self.incarnation}
 
 
-def store_actor_name(run_name: str) -> str:
-    return f"pdml-embedding-store-{run_name}"
+def store_actor_name(run_name: str, shard: int = 0) -> str:
+    return f"pdml-embedding-store-{run_name}" + (f"-shard{shard}" if shard else "")
 
 
-def create_store(run_name: str, capacity: int, seed: int = 0) -> ray.actor.ActorHandle:
-    """Start the store from the driver, outside the trainer's placement group.
+def shard_of(rank: int, shards: int) -> int:
+    """The store shard worker ``rank`` uses: workers r, r + shards, ... share one."""
+    return rank % shards
+
+
+def create_store(run_name: str, capacity: int, seed: int = 0, *, shard: int = 0
+                 ) -> ray.actor.ActorHandle:
+    """Start the store (or one shard of it) from the driver, outside the trainer's
+    placement group.
 
     ``num_cpus=0`` because the training workers hold the CPUs; ``max_restarts=-1`` so
     a killed store comes back (empty) instead of failing the run.
     """
     actor_cls = ray.remote(EmbeddingStore)
-    return actor_cls.options(name=store_actor_name(run_name), namespace=STORE_NAMESPACE,
+    return actor_cls.options(name=store_actor_name(run_name, shard), namespace=STORE_NAMESPACE,
                              num_cpus=0, max_restarts=-1, max_task_retries=0,
-                             get_if_exists=True).remote(capacity, seed)
+                             get_if_exists=True).remote(capacity, seed + shard)
+
+
+def create_stores(run_name: str, capacity: int, shards: int, seed: int = 0
+                  ) -> list[ray.actor.ActorHandle]:
+    """The ``shards`` actors of a sharded store, each holding ``capacity`` points of its
+    group of workers (:func:`shard_of`)."""
+    return [create_store(run_name, capacity, seed, shard=shard) for shard in range(shards)]
 
 
 class StoreClient:

@@ -22,7 +22,7 @@ from pdml_ray.service.checkpoint import load_training_state, save_training_state
 from pdml_ray.service.diagnostics import DistanceRecorder
 from pdml_ray.service.phases import PhaseClock
 from pdml_ray.service.progress import WorkerProgress
-from pdml_ray.service.store import StoreClient
+from pdml_ray.service.store import StoreClient, shard_of, store_actor_name
 from pdml_ray.service.tracking import MetricLogger, metric_key, start_system_metrics
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
     last_epoch = min(cfg.train.epochs, math.ceil(total_steps / steps_per_epoch))
-    store = (StoreClient(loop_config["store_name"], rank=rank)
-             if loop_config.get("store_name") else None)
+    store = (StoreClient(store_actor_name(loop_config["store_run"],
+                                          shard_of(rank, cfg.loss.store_shards)), rank=rank)
+             if loop_config.get("store_run") else None)
     miner = build_miner(cfg.loss, store=store, start_step=step)
     tracker = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     monitor = (start_system_metrics(loop_config["tracking_uri"], loop_config["run_id"],

@@ -179,3 +179,16 @@ def test_without_store_sample_the_loss_is_the_base_miners():
     assert miner(points, step=0).loss.item() == pytest.approx(
         InBatchMiner(cfg)(points, step=0).loss.item())
     assert miner.stats["store_hit"] == 0.0
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 8, 64])
+def test_shards_split_the_workers_into_even_groups(workers):
+    from pdml_ray.service.store import shard_of, store_actor_name
+
+    for shards in range(1, workers + 1):
+        groups = [[rank for rank in range(workers) if shard_of(rank, shards) == shard]
+                  for shard in range(shards)]
+        assert sorted(rank for group in groups for rank in group) == list(range(workers))
+        assert max(map(len, groups)) - min(map(len, groups)) <= 1  # none empty, none double
+    names = {store_actor_name("run", shard) for shard in range(4)}
+    assert len(names) == 4 and store_actor_name("run") == store_actor_name("run", 0)

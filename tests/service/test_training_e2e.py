@@ -150,13 +150,14 @@ MAX_STEPS = 14  # within the 4th of 4 epochs
 
 @pytest.fixture(scope="module")
 def store_run(ray_cluster, tmp_path_factory, data_root):
-    """One run read by several tests: EmbeddingStore mining with the store killed (and
-    restarted by Ray, empty) once it is in use; evaluated every 2nd epoch; stopped by
-    ``train.max_steps`` two steps into its 4th epoch. Returns (config, result, killer's
-    report)."""
+    """One run read by several tests: EmbeddingStore mining, sharded by worker (2 shards
+    for 2 workers), with rank 0's shard killed (and restarted by Ray, empty) once it is in
+    use; evaluated every 2nd epoch; stopped by ``train.max_steps`` two steps into its 4th
+    epoch. Returns (config, result, killer's report: the ranks each shard held)."""
     folder = tmp_path_factory.mktemp("e2e_store")
     cfg = tiny_config(folder, data_root, f"sqlite:///{folder / 'mlflow.db'}",
-                      loss={"mining": "global+store", "store_capacity": 64, "store_samples": 32},
+                      loss={"mining": "global+store", "store_capacity": 64, "store_samples": 32,
+                            "store_shards": 2},
                       train={"epochs": 4, "eval_every_epochs": 2, "max_steps": MAX_STEPS},
                       ray={"run_name": "e2e-store"}, mlflow={"register": False})
     done, killed = threading.Event(), {}
@@ -178,6 +179,13 @@ def store_run(ray_cluster, tmp_path_factory, data_root):
         except AssertionError as exc:
             killed["error"] = str(exc)
             return
+        try:
+            killed["ranks"] = [sorted(set(ray.get(ray.get_actor(
+                store_actor_name("e2e-store", shard), namespace=STORE_NAMESPACE).sample.remote(
+                    64, step=10**6, max_staleness=10**7), timeout=30)["ranks"].tolist()))
+                for shard in (0, 1)]
+        except ray.exceptions.RayError as exc:
+            killed["ranks"] = repr(exc)
         ray.kill(store, no_restart=False)  # Ray restarts it, empty
         killed["at"] = True
 
@@ -195,6 +203,7 @@ def test_killed_store_does_not_fail_the_run(store_run):
     cfg, result, killed = store_run
     uri = cfg.mlflow.tracking_uri
     assert "at" in killed, killed.get("error")
+    assert killed["ranks"] == [[0], [1]]  # each worker's points in its own shard
     history = dict(metric_history(uri, result.mlflow_run_id, "store_hit"))
     assert max(history.values()) > 0  # store triplets were used
     failures = [v for _, v in metric_history(uri, result.mlflow_run_id, "store_failures")]
