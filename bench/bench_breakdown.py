@@ -10,7 +10,8 @@ checkpointing, logging (metrics, tables, sample images) and registration (after
 
 Shapes (``--shapes``):
 - ``demo``: the embedded defaults, exactly what ``make demo`` trains, on the benchmark's
-  synthetic scenes;
+  synthetic scenes; ``demo-point`` the same with ``train.supervision=point``, the
+  baseline the demo's val mIoU is compared with;
 - ``paper``: the paper's model and crop (ResNet-101 OS8 + ASPP, 321 x 321) on 16 scenes
   for 2 epochs (4 steps, an evaluation after each epoch): a sample of each phase's cost
   on CPU. Its V100 projection scales the steps and the evaluation by the FLOP-counted
@@ -44,19 +45,21 @@ BEFORE_DEMO = {"startup": 48.0, "steps": 604.0, "registration": 20.0,
 V100_AMP_STEP_S = 0.088  # bench_flops.py: the paper's step at 35% of V100 FP16 peak
 SHAPES = {
     "demo": [],
+    "demo-point": ["train.supervision=point"],
     "paper": ["model.backbone=resnet101", "data.synthetic_size=321", "data.crop_size=321",
               "data.synthetic_train=16", "data.synthetic_val=4", "train.epochs=2"],
 }
 # Scenes generated once for every run of a shape (absolute: the job's relative paths
 # are read from its project folder).
 SCENES = {"demo": benchlib.RESULTS / "scenes" / "synthetic-200-50-96px-seed0",
+          "demo-point": benchlib.RESULTS / "scenes" / "synthetic-200-50-96px-seed0",
           "paper": benchlib.RESULTS / "scenes" / "synthetic-16-4-321px-seed0"}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="demo,paper",
+    parser.add_argument("--shapes", default="demo,demo-point,paper",
                         help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--force", action="store_true", help="run finished shapes again")
     parser.add_argument("--quick", action="store_true",
@@ -89,7 +92,8 @@ def run_job(shape: str, *, quick: bool = False) -> dict:
     phases["startup"] = metrics["first_step_unix"] - started
     phases["other"] = wall - sum(phases.values())
     return {"shape": shape, "command": " ".join(command[1:]), "wall_s": wall,
-            "phases_s": phases, "steps": int(metrics["steps"]), "machine": benchlib.machine()}
+            "phases_s": phases, "steps": int(metrics["steps"]),
+            "best_val_miou": metrics.get("best_val_miou"), "machine": benchlib.machine()}
 
 
 def job_metrics(project: Path) -> dict[str, float]:
@@ -130,8 +134,9 @@ def draw(records: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     bars = [("demo, before", BEFORE_DEMO)]
-    if "demo" in records:
-        bars.append(("demo", records["demo"]["phases_s"]))
+    for shape, label in (("demo", "demo"), ("demo-point", "demo, point")):
+        if shape in records:
+            bars.append((label, records[shape]["phases_s"]))
     if "paper" in records:
         bars.append(("paper shape, CPU", records["paper"]["phases_s"]))
         bars.append(("paper shape, V100 AMP\n(steps, eval projected)",
@@ -166,10 +171,12 @@ def table(records: dict[str, dict]) -> str:
     for shape, record in records.items():
         phases, wall = record["phases_s"], record["wall_s"]
         outside = wall - phases["steps"]
+        miou = record.get("best_val_miou")
         rows.append((shape, f"{wall:.0f}", *(f"{phases.get(p, 0.0):.1f}" for p in PHASES),
-                     f"{phases['other']:.1f}", f"{100 * outside / wall:.1f}%"))
+                     f"{phases['other']:.1f}", f"{100 * outside / wall:.1f}%",
+                     "" if miou is None else f"{miou:.4f}"))
     return benchlib.markdown_table(("shape", "wall (s)", *PHASES, "other",
-                                    "outside steps"), rows)
+                                    "outside steps", "best val mIoU"), rows)
 
 
 def main() -> None:

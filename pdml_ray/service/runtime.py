@@ -18,6 +18,10 @@ from pdml_ray import console
 
 log = logging.getLogger(__name__)
 
+# Ray's own metrics (core workers, Ray Train's controller and workers), off in a private
+# local cluster unless the user sets them.
+QUIET_LOCAL_RAY = ("RAY_enable_metrics_collection", "RAY_TRAIN_METRICS_ENABLED")
+
 # A local Ray that ray_session(background=True) is starting; wait_for_ray() joins it.
 _starting: Future | None = None
 
@@ -38,6 +42,11 @@ def start_local_ray(**init_kwargs: Any) -> str:
     folder = tempfile.mkdtemp(prefix="r-", dir=base)
     os.environ["RAY_TMPDIR"] = folder
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Nothing reads Ray's Prometheus metrics on a private local cluster, and recording them
+    # costs every Ray process CPU time the training workers need (docs/benchmarks.md);
+    # set either variable to 1 to keep them.
+    for variable in QUIET_LOCAL_RAY:
+        os.environ.setdefault(variable, "0")
     # The dashboard serves the State API that Train's cleaner polls; bound to loopback
     # (reach a remote one through `ray dashboard` or an SSH tunnel).
     init_kwargs.setdefault("include_dashboard", True)
