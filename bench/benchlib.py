@@ -190,3 +190,71 @@ def phase(label: str) -> Iterator[None]:
     print(f"-- {label} ...", flush=True)
     yield
     print(f"-- {label}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+# -- CPU by process ----------------------------------------------------------------------
+def process_label(proc) -> str:
+    """A stable name for a process of this job: Ray's process title (``ray::...``), the
+    script a Python process runs (``dashboard.py``, ``log_monitor.py``), else its name."""
+    try:
+        cmdline = proc.cmdline()
+        name = proc.name()
+    except Exception:  # gone between listing and reading: psutil.NoSuchProcess and kin
+        return "gone"
+    if cmdline and cmdline[0].startswith("ray::"):
+        return cmdline[0].split()[0]
+    scripts = [Path(arg).name for arg in cmdline[1:] if arg.endswith(".py")]
+    return scripts[0] if scripts else name
+
+
+class ProcessCpu:
+    """CPU seconds of this process and all its descendants, by :func:`process_label`,
+    sampled every ``every_s`` in a thread from entering the block to leaving it: a
+    process's last reading before it exits is what it counts (a short-lived one seen in
+    no sample is missed), less what it had used before the block."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        import threading
+
+        self.every_s = every_s
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="process-cpu", daemon=True)
+        self.wall_seconds = 0.0
+
+    def __enter__(self) -> "ProcessCpu":
+        self._started = time.perf_counter()
+        self._sample()
+        self._before = {pid: seconds for pid, (_, seconds) in self._last.items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+        self.wall_seconds = time.perf_counter() - self._started
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                seconds = times.user + times.system
+            except Exception:  # exited since the listing
+                continue
+            label = self._last.get(proc.pid, (None, 0.0))[0] or process_label(proc)
+            self._last[proc.pid] = (label, seconds)
+
+    def by_label(self) -> dict[str, float]:
+        """CPU seconds per label, most first."""
+        totals: dict[str, float] = {}
+        for pid, (label, seconds) in self._last.items():
+            totals[label] = totals.get(label, 0.0) + seconds - self._before.get(pid, 0.0)
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
