@@ -27,7 +27,7 @@ from pdml_ray.console import verbose
 from pdml_ray.data import DataError, build_dataset, ensure_synthetic
 from pdml_ray.service.checkpoint import load_training_state, prune_checkpoints
 from pdml_ray.service.data_check import StopOnDataError, check_headers, data_error_of_run
-from pdml_ray.service.phases import PHASES, PhaseClock, phase_metric
+from pdml_ray.service.phases import PHASES, phase_metric
 from pdml_ray.service.preflight import check_before_training
 from pdml_ray.service.progress import console_board
 from pdml_ray.service.registry.register import RegisteredModel, log_and_register
