@@ -83,6 +83,10 @@ def ray_session(address: str | None = None, *, background: bool = False) -> Iter
     loud = console.verbose()
     options = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.WARNING}
     global _starting
+    # start_local_ray points RAY_TMPDIR at the cluster's own folder; the next local
+    # session of this process starts from the caller's again, not nested inside it
+    # (where Ray's socket paths outgrow the 107 bytes a unix socket allows).
+    tmpdir_before = os.environ.get("RAY_TMPDIR")
     if address:
         ray.init(address=address, **options)
     elif background:
@@ -103,6 +107,10 @@ def ray_session(address: str | None = None, *, background: bool = False) -> Iter
         ray.shutdown()
         if starting is not None:
             released.set()
+        if tmpdir_before is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = tmpdir_before
 
 
 def wait_for_ray() -> None:
