@@ -312,11 +312,25 @@ def run_key(cfg) -> str:
         if settings.get(key):
             settings[key] = _inside_results(settings[key])
     if settings.get("model.pretrained"):  # the file's content, not where it lies
-        weights = Path(settings["model.pretrained"])
-        if not weights.exists():  # a record made in another checkout
-            weights = benchlib.RESULTS / _inside_results(str(weights))
-        settings["model.pretrained"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        settings["model.pretrained"] = weights_digest(cfg)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_digest(cfg) -> str | None:
+    """The sha256 of the pretrained weights a run starts from (None from random init)."""
+    if not cfg.model.pretrained:
+        return None
+    weights = Path(cfg.model.pretrained)
+    if not weights.exists():  # a record made in another checkout
+        weights = benchlib.RESULTS / _inside_results(str(weights))
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def same_weights(record: dict, cfg) -> bool:
+    """A record's key is recomputed from its config, where the weights are a path: the
+    file there now may have been made again. The digest a record kept must match
+    (records older than the digest cannot tell and count as the same)."""
+    return record.get("pretrained_sha256", weights_digest(cfg)) == weights_digest(cfg)
 
 
 def record_config(base: dict, record: dict):
@@ -350,11 +364,11 @@ def run_rows(cfg, rows: list[Row], args, records: list[dict], save) -> list[dict
         for row in rows:
             run_cfg = cfg.replace(**row.overrides, **{"train.seed": seed})
             key = run_key(run_cfg)
-            if any(r["row"] == row.label and r["seed"] == seed
+            if any(r["row"] == row.label and r["seed"] == seed and same_weights(r, run_cfg)
                    and run_key(record_config(cfg.to_dict(), r)) == key for r in records):
                 continue
             reused = finished_runs().get(key)
-            if reused is not None:
+            if reused is not None and same_weights(reused, run_cfg):
                 print(f"-- {row.label}, seed {seed}: reusing the identical run "
                       f"{reused['mlflow_run_id']} ({reused['row']})", flush=True)
                 result = {k: v for k, v in reused.items()
@@ -364,7 +378,8 @@ def run_rows(cfg, rows: list[Row], args, records: list[dict], save) -> list[dict
                     result = train_once(run_cfg)
             records = [r for r in records if not (r["row"] == row.label and r["seed"] == seed)]
             records.append({"row": row.label, "seed": seed, "key": key, **row.overrides,
-                            **result, "config": run_cfg.to_dict()})
+                            **result, "pretrained_sha256": weights_digest(run_cfg),
+                            "config": run_cfg.to_dict()})
             save(records)
     return records
 
