@@ -20,7 +20,7 @@ The output is cached under a name derived from every setting that changes the we
 (``bench/results/pretrained/resnet18-synthimagenet-c60-n250-64px-e4-<digest>.pt``); a
 rerun with the same settings prints the path and trains nothing.
 
-    .venv/bin/python bench/pretrain.py                       # ~13 min on 2 idle cores
+    .venv/bin/python bench/pretrain.py                       # ~7 min on 2 idle cores
     .venv/bin/python bench/pretrain.py --print-path          # the cached file's path only
 """
 

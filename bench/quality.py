@@ -10,7 +10,7 @@ PASCAL-Context numbers beside ours.
 
 Two regimes (``--regime``):
 - ``pretrained`` (default), the paper's: the backbone starts from the synthetic-ImageNet
-  weights of ``bench/pretrain.py`` (run it first, about 20 minutes), every epoch is
+  weights of ``bench/pretrain.py`` (run it first, about 7 minutes), every epoch is
   evaluated so that the val-mIoU curves show where ``point`` plateaus (Table 3 draws
   them into ``quality-table3-pretrained.png``);
 - ``random``: random init, evaluated once after the last epoch (the earlier tables).
@@ -209,7 +209,7 @@ def pretrained_weights(args: argparse.Namespace):
                      if item.partition("=")[0].strip() == "model.backbone"), "resnet18")
     path = pretrain.cache_path(pretrain.parse_args(["--backbone", backbone]))
     if not path.is_file():
-        raise SystemExit(f"error: {path}: no pretrained weights yet; make them first (about 13 "
+        raise SystemExit(f"error: {path}: no pretrained weights yet; make them first (about 7 "
                          f"minutes): .venv/bin/python bench/pretrain.py --backbone {backbone}")
     return path
 
