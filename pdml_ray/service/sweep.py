@@ -25,8 +25,8 @@ from pdml_ray.config import Config, ConfigError, from_dict, resolve_paths
 from pdml_ray.service.driver import prepare_data, run_training, unique_run_name
 from pdml_ray.service.preflight import changed_settings
 from pdml_ray.service.progress import TrialLines
-from pdml_ray.service.runtime import wait_for_ray
 from pdml_ray.service.registry.register import RegisteredModel
+from pdml_ray.service.runtime import wait_for_ray
 from pdml_ray.service.sweep_register import register_best
 from pdml_ray.service.sweep_results import expected_evaluations, log_sweep_report, results_table
 from pdml_ray.service.tracking import check_tracking_store, end_run, find_run, start_run
