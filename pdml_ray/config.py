@@ -53,6 +53,7 @@ OutputStride = Literal[8, 16]
 Head = Literal["aspp", "linear"]
 Pairing = Literal["paper", "all"]
 ExtensionMethod = Literal["score+region", "region", "score"]
+ExtensionWeighting = Literal["pooled", "separate", "balanced"]
 
 
 class ConfigError(ValueError):
@@ -186,10 +187,12 @@ class ExtensionConfig:
     # extension adds most, gain weight over the rest. "separate": the mean over the points
     # plus `weight` x the mean over the extended pixels, so each class keeps its points'
     # weight. "separate" is the default: pooled lost 12-14 mIoU points in both benchmark
-    # regimes, mostly on the thing classes (docs/benchmarks.md).
-    weighting: Literal["pooled", "separate"] = "separate"
-    weight: float = 1.0  # "separate" only: weight of the extended pixels' mean
-    ramp_epochs: int = 0  # "separate" only: `weight` rises linearly over this many epochs
+    # regimes, mostly on the thing classes (docs/benchmarks.md). "balanced": as
+    # "separate", but the extended pixels' term is a mean over classes of each class's
+    # mean, so the stuff the extension labels by the thousand does not drown the things.
+    weighting: ExtensionWeighting = "separate"
+    weight: float = 1.0  # not "pooled": weight of the extended pixels' term
+    ramp_epochs: int = 0  # not "pooled": `weight` rises linearly over this many epochs
 
     def __post_init__(self) -> None:
         _check(0 < self.threshold < 1, "extension.threshold",
@@ -202,9 +205,9 @@ class ExtensionConfig:
                f"must lie in [0, 1), got {self.start_fraction}")
         _check(self.weight >= 0, "extension.weight", f"must be >= 0, got {self.weight}")
         _check(self.ramp_epochs >= 0, "extension.ramp_epochs", "must be >= 0")
-        _check(self.weighting == "separate" or (self.weight == 1.0 and self.ramp_epochs == 0),
-               "extension.weight/ramp_epochs", "apply to extension.weighting=separate only; "
-               "pooled weighting has one mean over points and extended pixels")
+        _check(self.weighting != "pooled" or (self.weight == 1.0 and self.ramp_epochs == 0),
+               "extension.weight/ramp_epochs", "apply to extension.weighting=separate or "
+               "balanced only; pooled weighting has one mean over points and extended pixels")
 
     def first_epoch(self, epochs: int) -> int:
         """The first epoch (0-based) whose steps extend the labels, of ``epochs`` in all."""
@@ -213,7 +216,7 @@ class ExtensionConfig:
         return int(self.start_fraction * epochs)
 
     def weight_at(self, epoch: int, epochs: int) -> float:
-        """The extended pixels' weight in ``epoch`` ("separate"): ramped in, then ``weight``."""
+        """The extended pixels' weight in ``epoch`` (not "pooled"): ramped in, then ``weight``."""
         if not self.ramp_epochs:
             return self.weight
         done = epoch - self.first_epoch(epochs) + 1

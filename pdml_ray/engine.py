@@ -91,9 +91,10 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                 correct, total = extension_accuracy(target, point_labels, batch["mask"])
             logs["ext_pixels"] = float(total)
             logs["ext_correct"] = float(correct)
-    if extending and cfg.extension.weighting == "separate":
+    if extending and cfg.extension.weighting != "pooled":
         ce = split_cross_entropy(logits.float(), target, point_labels,
-                                 extended_weight=cfg.extension.weight_at(epoch, cfg.train.epochs))
+                                 extended_weight=cfg.extension.weight_at(epoch, cfg.train.epochs),
+                                 balanced=cfg.extension.weighting == "balanced")
     else:
         ce = point_cross_entropy(logits.float(), target)
     loss = ce

@@ -43,6 +43,8 @@ def test_int_widens_to_float_but_not_the_reverse():
     ("extension.threshold=1.0", r"extension\.threshold: must lie in the open interval \(0, 1\)"),
     ("extension.threshold=0", r"extension\.threshold"),
     ("extension.window=4", r"extension\.window: must be a positive odd number"),
+    ("extension.weighting=classwise",
+     r"extension\.weighting: expected one of 'pooled', 'separate', 'balanced'"),
     ("train.supervision=points", r"train\.supervision: expected one of 'full', 'point'"),
     ("model.output_stride=32", r"model\.output_stride: expected one of 8, 16"),
     ("ray.use_gpu=yes please", r"ray\.use_gpu: expected bool"),
@@ -238,10 +240,11 @@ def test_plain_run_names_are_kept(name):
     assert cfg.ray.run_name == name and cfg.sweep.name == name
 
 
+@pytest.mark.parametrize("weighting", ["separate", "balanced"])
 @pytest.mark.parametrize("key, value", [("extension.weight", 0.5), ("extension.ramp_epochs", 2)])
-def test_extended_pixel_weights_need_a_term_of_their_own(key, value):
-    separate = apply_overrides(Config(), {"extension.weighting": "separate", key: value})
+def test_extended_pixel_weights_need_a_term_of_their_own(key, value, weighting):
+    separate = apply_overrides(Config(), {"extension.weighting": weighting, key: value})
     assert getattr(separate.extension, key.split(".")[1]) == value
     with pytest.raises(ConfigError, match=r"extension\.weight/ramp_epochs: apply to "
-                                          r"extension\.weighting=separate only"):
+                                          r"extension\.weighting=separate or balanced only"):
         apply_overrides(Config(), {"extension.weighting": "pooled", key: value})

@@ -175,7 +175,7 @@ def test_every_step_is_in_exactly_one_logged_mean(scenes):
     assert logged == [2, 3, 4, 6]
 
 
-@pytest.mark.parametrize("weighting", ["pooled", "separate"])
+@pytest.mark.parametrize("weighting", ["pooled", "separate", "balanced"])
 def test_extended_pixels_are_weighed_as_configured(weighting):
     cfg = Config().replace(**{"train.supervision": "point+pdml+ext", "extension.start_epoch": 1,
                               "extension.weighting": weighting})
@@ -194,8 +194,9 @@ def test_extended_pixels_are_weighed_as_configured(weighting):
                                   threshold=cfg.extension.threshold, window=cfg.extension.window)
     assert (extended != 255).sum() > (points != 255).sum()  # the extension added pixels
     assert before.item() == pytest.approx(point_cross_entropy(logits, points).item())
-    want = (split_cross_entropy(logits, extended, points) if weighting == "separate"
-            else point_cross_entropy(logits, extended))
+    want = (point_cross_entropy(logits, extended) if weighting == "pooled"
+            else split_cross_entropy(logits, extended, points,
+                                     balanced=weighting == "balanced"))
     assert after.item() == pytest.approx(want.item()) and logs["loss_ce"] == after.item()
 
 

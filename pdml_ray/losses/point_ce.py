@@ -33,7 +33,7 @@ def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 def split_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, point_labels: torch.Tensor,
                         ignore_index: int = IGNORE_INDEX,
-                        extended_weight: float = 1.0) -> torch.Tensor:
+                        extended_weight: float = 1.0, balanced: bool = False) -> torch.Tensor:
     """The mean over the points plus ``extended_weight`` x the mean over the other
     labelled pixels.
 
@@ -41,10 +41,24 @@ def split_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, point_labels
     Where :func:`point_cross_entropy` of ``labels`` pools all labels into one mean, this
     keeps the points' term as it is without extension, whatever the extension adds, and
     adds the extended pixels' mean as a second term (0 when there are none).
+
+    ``balanced``: the extended term is the mean over the classes present among the
+    extended pixels of each class's own mean, so a class the extension labels by the
+    thousand (a confident stuff region) weighs no more than one it labels by the dozen.
     """
     per_pixel = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     is_point = point_labels != ignore_index
     is_extended = (labels != ignore_index) & ~is_point
     points = (per_pixel * is_point).sum() / is_point.sum().clamp(min=1)
-    extended = (per_pixel * is_extended).sum() / is_extended.sum().clamp(min=1)
+    if not balanced:
+        extended = (per_pixel * is_extended).sum() / is_extended.sum().clamp(min=1)
+        return points + extended_weight * extended
+    num_classes = logits.shape[1]
+    classes = torch.where(is_extended, labels, 0).flatten()
+    weights = is_extended.flatten().to(per_pixel.dtype)
+    sums = per_pixel.new_zeros(num_classes).scatter_add(0, classes, per_pixel.flatten() * weights)
+    counts = per_pixel.new_zeros(num_classes).scatter_add(0, classes, weights)
+    present = counts > 0
+    # Exactly 0 (still on the graph) when nothing is extended, as the pooled mean.
+    extended = (sums / counts.clamp(min=1)).sum() / present.sum().clamp(min=1)
     return points + extended_weight * extended
