@@ -177,6 +177,10 @@ class ExtensionConfig:
     method: ExtensionMethod = "score"
     threshold: float = 0.7  # paper: 0.7 (Table 5)
     window: int = 5  # the square around each point, in pixels (paper: 5x5)
+    # Drop extended pixels within this many pixels of a pixel the model predicts as
+    # another class (0: keep them, the paper). A point-trained model is most often wrong
+    # next to its own boundaries, confident or not (docs/benchmarks.md).
+    boundary_margin: int = 0
     # The extension needs a classifier that is already roughly right: the paper extends
     # from PDML-trained weights. It starts at epoch `start_epoch` when set, else after
     # `start_fraction` of the epochs, so the same default suits 6 or 60 epochs.
@@ -199,6 +203,8 @@ class ExtensionConfig:
                f"must lie in the open interval (0, 1), got {self.threshold}")
         _check(self.window >= 1 and self.window % 2 == 1, "extension.window",
                f"must be a positive odd number, got {self.window}")
+        _check(self.boundary_margin >= 0, "extension.boundary_margin",
+               f"must be >= 0, got {self.boundary_margin}")
         _check(self.start_epoch is None or self.start_epoch >= 0, "extension.start_epoch",
                "must be >= 0 (or null: start after extension.start_fraction of the epochs)")
         _check(0 <= self.start_fraction < 1, "extension.start_fraction",

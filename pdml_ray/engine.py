@@ -87,7 +87,8 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                 target = extend_from_logits(logits.detach(), point_labels,
                                             threshold=cfg.extension.threshold,
                                             window=cfg.extension.window,
-                                            method=cfg.extension.method)
+                                            method=cfg.extension.method,
+                                            boundary_margin=cfg.extension.boundary_margin)
                 correct, total = extension_accuracy(target, point_labels, batch["mask"])
             logs["ext_pixels"] = float(total)
             logs["ext_correct"] = float(correct)

@@ -122,10 +122,31 @@ def online_extension(probs: torch.Tensor, point_labels: torch.Tensor, *, thresho
 
 
 @torch.no_grad()
+def predicted_interior(predicted: torch.Tensor, margin: int) -> torch.Tensor:
+    """``(B, H, W)`` bool: the pixels whose ``(2 margin + 1)``-square (the part inside the
+    image) holds a single predicted class, i.e. more than ``margin`` pixels (Chebyshev)
+    from any pixel predicted as another class."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    classes = predicted.float().unsqueeze(1)  # class ids are exact in float32
+    size = 2 * margin + 1
+    # max_pool2d pads with -inf, so the image's edge is never taken for another class.
+    highest = F.max_pool2d(classes, size, stride=1, padding=margin)
+    lowest = -F.max_pool2d(-classes, size, stride=1, padding=margin)
+    return (highest == lowest).squeeze(1)
+
+
+@torch.no_grad()
 def extend_from_logits(logits: torch.Tensor, point_labels: torch.Tensor, *,
                        threshold: float = 0.7, window: int = 5, method: str = "score+region",
-                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+                       boundary_margin: int = 0, ignore_index: int = IGNORE_INDEX
+                       ) -> torch.Tensor:
     """:func:`online_extension` of ``softmax(logits)``, computed where it can matter.
+
+    ``boundary_margin`` > 0 then drops the extended pixels within that many pixels of a
+    pixel predicted as another class (:func:`predicted_interior`): a model trained on
+    points is most often wrong next to its own predicted boundaries, confident or not,
+    and its extension labels are least accurate there (docs/benchmarks.md).
 
     "region" and "score+region" only ever label pixels inside a point's square, a few
     hundred per image, so this reads the logits and takes the softmax at those pixels
@@ -134,6 +155,17 @@ def extend_from_logits(logits: torch.Tensor, point_labels: torch.Tensor, *,
     docs/benchmarks.md). "score" needs every pixel and goes the dense way. The result
     equals ``online_extension(logits.float().softmax(1), ...)`` (tests check it).
     """
+    extended = _extend_from_logits(logits, point_labels, threshold=threshold, window=window,
+                                   method=method, ignore_index=ignore_index)
+    if not boundary_margin:
+        return extended
+    keep = predicted_interior(logits.argmax(dim=1), boundary_margin)
+    keep |= point_labels.long() != ignore_index  # the points keep their own labels
+    return torch.where(keep, extended, torch.full_like(extended, ignore_index))
+
+
+def _extend_from_logits(logits: torch.Tensor, point_labels: torch.Tensor, *, threshold: float,
+                        window: int, method: str, ignore_index: int) -> torch.Tensor:
     point_labels, is_point = _checked(logits, point_labels, window=window, method=method,
                                       ignore_index=ignore_index, what="logits")
     if method == "score":

@@ -258,3 +258,22 @@ def test_the_projection_head_exists_only_where_pdml_trains_it(supervision, embed
     assert (model.projection is not None) == has_projection
     if has_projection:
         assert model(torch.randn(1, 3, 16, 16))["embed"].shape[1] == 8
+
+
+
+def test_the_boundary_margin_reaches_the_extension():
+    output, batch = _extending_batch()
+    batch["mask"] = output["out"].argmax(1)  # every pixel known, so every one is counted
+    losses = {}
+    for margin in (0, 1):
+        cfg = Config().replace(**{"train.supervision": "point+pdml+ext", "extension.start_epoch": 0,
+                                  "extension.boundary_margin": margin})
+        loss, logs = compute_loss(output, batch, cfg=cfg, epoch=0, miner=None)
+        extended = extend_from_logits(output["out"], batch["point_labels"],
+                                      method=cfg.extension.method,
+                                      threshold=cfg.extension.threshold, boundary_margin=margin)
+        assert logs["ext_pixels"] == float(((extended != 255) & (batch["point_labels"] == 255)).sum())
+        want = split_cross_entropy(output["out"], extended, batch["point_labels"])
+        assert loss.item() == pytest.approx(want.item())
+        losses[margin] = logs["ext_pixels"]
+    assert 0 < losses[1] < losses[0]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pdml_ray.extension import extend_from_logits, extension_accuracy, online_extension
+from pdml_ray.extension import (extend_from_logits, extension_accuracy, online_extension,
+                                predicted_interior)
 
 IGNORE = 255
 
@@ -144,3 +145,51 @@ def test_extension_accuracy_counts_new_pixels_only():
     mask = torch.tensor([[[1, 1, 0], [0, 1, IGNORE]]])
     # New pixels with known truth: (0,1) right, (0,2) wrong, (1,0) right; (1,2) truth unknown.
     assert extension_accuracy(extended, points, mask) == (2, 3)
+
+
+def interior_reference(predicted, margin):
+    """Pixel by pixel: no other predicted class within ``margin`` (Chebyshev) in the image."""
+    batch, height, width = predicted.shape
+    out = torch.zeros(batch, height, width, dtype=torch.bool)
+    for b in range(batch):
+        for y in range(height):
+            for x in range(width):
+                square = predicted[b, max(y - margin, 0):y + margin + 1,
+                                   max(x - margin, 0):x + margin + 1]
+                out[b, y, x] = bool((square == predicted[b, y, x]).all())
+    return out
+
+
+@pytest.mark.parametrize("margin", [0, 1, 2])
+def test_predicted_interior_matches_a_loop(margin):
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        # Blocky maps (upsampled), so that interiors exist, plus a few stray pixels.
+        coarse = torch.randint(0, 4, (2, 3, 4), generator=g)
+        predicted = coarse.repeat_interleave(4, 1).repeat_interleave(3, 2)
+        predicted.view(-1)[torch.randint(0, predicted.numel(), (3,), generator=g)] = 5
+        got = predicted_interior(predicted, margin)
+        assert torch.equal(got, interior_reference(predicted, margin)), seed
+    assert bool(predicted_interior(predicted, 0).all())  # margin 0 keeps everything
+
+
+def test_boundary_margin_drops_extended_pixels_next_to_another_predicted_class():
+    # Left half confidently class 0, right half class 1, one point of each: "score"
+    # extends everything; a margin of 1 drops the two columns at the seam, not the points.
+    logits = torch.zeros(1, 2, 6, 8)
+    logits[0, 0, :, :4] = 10.0
+    logits[0, 1, :, 4:] = 10.0
+    points = torch.full((1, 6, 8), IGNORE)
+    points[0, 2, 3], points[0, 4, 4] = 0, 1
+    plain = extend_from_logits(logits, points, threshold=0.7, method="score")
+    assert bool((plain != IGNORE).all())
+    kept = extend_from_logits(logits, points, threshold=0.7, method="score", boundary_margin=1)
+    want = plain.clone()
+    want[0, :, 3:5] = IGNORE
+    want[0, 2, 3], want[0, 4, 4] = 0, 1
+    assert torch.equal(kept, want)
+    for method in ("score+region", "region", "score"):  # margin 0 is the plain extension
+        assert torch.equal(extend_from_logits(logits, points, method=method, boundary_margin=0),
+                           extend_from_logits(logits, points, method=method))
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        predicted_interior(logits.argmax(1), -1)
