@@ -15,7 +15,8 @@ scenes at their own size without augmentation:
         --results bench/results/quality-table3-pretrained-e12.json \\
         --rows "full,point,point+pdml+ext (default recipe)" --seeds 1,2
 
-Writes bench/results/extension-boundaries.json and prints a markdown table.
+Writes bench/results/extension-boundaries.json (+ .png: error rate and extension per
+band) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -137,7 +138,6 @@ def main() -> None:
     parser.add_argument("--results", required=True, help="a quality table's raw JSON")
     parser.add_argument("--rows", required=True, help="comma-separated row labels")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", default=str(benchlib.RESULTS / "extension-boundaries.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = json.loads(Path(args.results).read_text())
@@ -151,20 +151,61 @@ def main() -> None:
             found.setdefault(record["row"], {})[record["seed"]] = summarise(
                 measure(*load_run(folder)))
     result = {"results": args.results, "bands": [band_name(*b) for b in BANDS], "runs": found}
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    lines = ["| run | band | share of val pixels | error rate | share of errors | "
-             "share extended (train) | extension accuracy |", "|---|---|---|---|---|---|---|"]
-    for row, by_seed in found.items():
-        for name in result["bands"]:
-            def mean(key):
-                values = [by_seed[s][name][key] for s in by_seed]
-                return statistics.mean(values) * 100
-            lines.append(f"| {row} (seeds {','.join(map(str, sorted(by_seed)))}) | {name} | "
-                         f"{mean('share_of_pixels'):.1f}% | {mean('error_rate'):.1f}% | "
-                         f"{mean('share_of_errors'):.1f}% | {mean('extended_share'):.1f}% | "
-                         f"{mean('extension_accuracy'):.1f}% |")
-    print("\n".join(lines))
-    print(f"raw results: {args.out}")
+    path = benchlib.write_json("extension-boundaries", result)
+    plot(result, path.with_suffix(".png"))
+    print(markdown(result))
+    print(f"raw results: {path}")
+
+
+def mean_over_seeds(by_seed: dict, band: str, key: str) -> float:
+    return 100 * statistics.mean(by_seed[s][band][key] for s in by_seed)
+
+
+def markdown(result: dict) -> str:
+    lines = ["| run | distance to a class boundary | share of val pixels | error rate (val) | "
+             "share of the run's errors | share labelled by the extension (train) | "
+             "extension accuracy |", "|---|---|---|---|---|---|---|"]
+    for row, by_seed in result["runs"].items():
+        for band in result["bands"]:
+            values = [mean_over_seeds(by_seed, band, key) for key in
+                      ("share_of_pixels", "error_rate", "share_of_errors", "extended_share",
+                       "extension_accuracy")]
+            lines.append(f"| {row} (seeds {', '.join(map(str, sorted(by_seed)))}) | {band} | "
+                         + " | ".join(f"{v:.1f}%" for v in values) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bands, runs = result["bands"], result["runs"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    width = 0.8 / len(runs)
+    for i, (row, by_seed) in enumerate(runs.items()):
+        xs = [b + (i - (len(runs) - 1) / 2) * width for b in range(len(bands))]
+        left.bar(xs, [mean_over_seeds(by_seed, band, "error_rate") for band in bands],
+                 width, label=row, color=f"C{i}")
+        right.plot(range(len(bands)),
+                   [mean_over_seeds(by_seed, band, "extension_accuracy") for band in bands],
+                   "o-", color=f"C{i}", label=f"{row}: accuracy")
+        right.plot(range(len(bands)),
+                   [mean_over_seeds(by_seed, band, "extended_share") for band in bands],
+                   "s--", color=f"C{i}", alpha=0.5, label=f"{row}: share labelled")
+    for axis in (left, right):
+        axis.set_xticks(range(len(bands)), bands)
+        axis.set_xlabel("distance to the nearest class boundary of the dense mask")
+        axis.grid(alpha=0.3, axis="y")
+    left.set_ylabel("val pixels wrong (%)")
+    left.legend(fontsize=8)
+    right.set_ylabel("% (train scenes, final model)")
+    right.legend(fontsize=7)
+    fig.suptitle("Where the errors are, and what the extension labels there "
+                 f"({Path(result['results']).name})", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
