@@ -271,6 +271,10 @@ class RayConfig:
     run_name: str | None = None  # None: a fresh unique name; reuse a name to resume it
     max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
     keep_checkpoints: int = 2  # best checkpoints kept, by val mIoU
+    # "async": a worker writes the checkpoint locally and trains on while Ray copies it to
+    # storage_path (on a GPU cluster with s3:// storage the copy is the slow part);
+    # "sync": the step waits for the copy (Ray's alpha async API falls back to this).
+    checkpoint_upload: Literal["async", "sync"] = "async"
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "ray.num_workers", "must be >= 1")

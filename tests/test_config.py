@@ -43,6 +43,7 @@ def test_int_widens_to_float_but_not_the_reverse():
     ("extension.threshold=1.0", r"extension\.threshold: must lie in the open interval \(0, 1\)"),
     ("extension.threshold=0", r"extension\.threshold"),
     ("extension.window=4", r"extension\.window: must be a positive odd number"),
+    ("ray.checkpoint_upload=later", r"ray\.checkpoint_upload: expected one of 'async', 'sync'"),
     ("extension.boundary_margin=-1", r"extension\.boundary_margin: must be >= 0"),
     ("extension.weighting=classwise",
      r"extension\.weighting: expected one of 'pooled', 'separate', 'balanced'"),

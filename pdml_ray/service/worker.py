@@ -28,6 +28,8 @@ from pdml_ray.service.tracking import MetricLogger, metric_key, start_system_met
 log = logging.getLogger(__name__)
 
 SAMPLE_IMAGES = 4  # validation images drawn as image | truth | prediction at each evaluation
+UPLOAD_MODES = {"async": ray.train.CheckpointUploadMode.ASYNC,
+                "sync": ray.train.CheckpointUploadMode.SYNC}
 
 
 def build_loaders(cfg, rank: int, world: int):
@@ -146,14 +148,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 log_evaluation(tracker, scores, step=step, epoch=epoch,
                                model=getattr(model, "module", model), val_set=val_set,
                                device=device)
-        with clock("checkpointing"), tempfile.TemporaryDirectory() as folder:
+        with clock("checkpointing"):
             report_checkpoint = None
             if rank == 0:
+                # Ray deletes the folder once it is copied to storage (async: later, from
+                # a thread of its own, so it must outlive this block).
+                folder = tempfile.mkdtemp(prefix="pdml-checkpoint-")
                 save_training_state(folder, model=model, optimizer=optimizer, scaler=scaler,
                                     step=step, epoch=epoch + 1, config=loop_config["config"],
                                     metrics={**metrics, "per_class_iou": scores["per_class_iou"]})
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=report_checkpoint)
+            ray.train.report(metrics, checkpoint=report_checkpoint,
+                             checkpoint_upload_mode=UPLOAD_MODES[cfg.ray.checkpoint_upload],
+                             delete_local_checkpoint_after_upload=True)
         if console is not None:
             console.epoch_done(epoch + 1, last_epoch, time.monotonic() - started,
                                loss=_mean(epoch_losses), val_miou=scores["miou"],

@@ -285,8 +285,11 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.ray
 def test_mlflow_outage_mid_run_loses_no_metric(ray_cluster, tmp_path, data_root, mlflow_server):
+    # Checkpoints uploaded synchronously here, the other runs' default being async: both
+    # modes train, checkpoint and finish through the same worker loop.
     cfg = tiny_config(tmp_path, data_root, mlflow_server.uri, train={"epochs": 3},
-                      ray={"run_name": "faults-mlflow"}, mlflow={"register": False})
+                      ray={"run_name": "faults-mlflow", "checkpoint_upload": "sync"},
+                      mlflow={"register": False})
     storage, done, outage = Path(cfg.ray.storage_path), threading.Event(), {}
     client = MlflowClient(mlflow_server.uri)
 
