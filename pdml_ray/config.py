@@ -54,6 +54,7 @@ Head = Literal["aspp", "linear"]
 Pairing = Literal["paper", "all"]
 ExtensionMethod = Literal["score+region", "region", "score"]
 ExtensionWeighting = Literal["pooled", "separate", "balanced"]
+EXTENDED_WEIGHT = 2.0  # extension.weight when unset (docs/benchmarks.md, "Levers")
 
 
 class ConfigError(ValueError):
@@ -195,7 +196,10 @@ class ExtensionConfig:
     # "separate", but the extended pixels' term is a mean over classes of each class's
     # mean, so the stuff the extension labels by the thousand does not drown the things.
     weighting: ExtensionWeighting = "separate"
-    weight: float = 1.0  # not "pooled": weight of the extended pixels' term
+    # Not "pooled": the weight of the extended pixels' term; None is EXTENDED_WEIGHT.
+    # Twice the points' weight beat 1.0 by 0.7 mIoU (3 of 3 seeds) at 300 steps from a
+    # pretrained backbone, and 0.5 lost 1.0 (docs/benchmarks.md).
+    weight: float | None = None
     ramp_epochs: int = 0  # not "pooled": `weight` rises linearly over this many epochs
 
     def __post_init__(self) -> None:
@@ -209,9 +213,11 @@ class ExtensionConfig:
                "must be >= 0 (or null: start after extension.start_fraction of the epochs)")
         _check(0 <= self.start_fraction < 1, "extension.start_fraction",
                f"must lie in [0, 1), got {self.start_fraction}")
-        _check(self.weight >= 0, "extension.weight", f"must be >= 0, got {self.weight}")
+        _check(self.weight is None or self.weight >= 0, "extension.weight",
+               f"must be >= 0, got {self.weight}")
         _check(self.ramp_epochs >= 0, "extension.ramp_epochs", "must be >= 0")
-        _check(self.weighting != "pooled" or (self.weight == 1.0 and self.ramp_epochs == 0),
+        # Pooled weighs every labelled pixel 1: a stored config may say so (weight 1.0).
+        _check(self.weighting != "pooled" or (self.weight in (None, 1.0) and self.ramp_epochs == 0),
                "extension.weight/ramp_epochs", "apply to extension.weighting=separate or "
                "balanced only; pooled weighting has one mean over points and extended pixels")
 
@@ -223,10 +229,11 @@ class ExtensionConfig:
 
     def weight_at(self, epoch: int, epochs: int) -> float:
         """The extended pixels' weight in ``epoch`` (not "pooled"): ramped in, then ``weight``."""
+        weight = EXTENDED_WEIGHT if self.weight is None else self.weight
         if not self.ramp_epochs:
-            return self.weight
+            return weight
         done = epoch - self.first_epoch(epochs) + 1
-        return self.weight * min(max(done, 0) / self.ramp_epochs, 1.0)
+        return weight * min(max(done, 0) / self.ramp_epochs, 1.0)
 
 
 @dataclass(frozen=True)

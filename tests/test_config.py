@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pdml_ray.config import (SECTIONS, Config, ConfigError, apply_overrides, dump_config, from_dict,
-                             load_config, resolve_paths)
+from pdml_ray.config import (EXTENDED_WEIGHT, SECTIONS, Config, ConfigError, apply_overrides,
+                             dump_config, from_dict, load_config, resolve_paths)
 
 
 def test_defaults_are_valid_and_frozen():
@@ -160,7 +160,8 @@ def test_shipped_sweep_demo_config_loads_and_fits_two_cores():
 
 # -- numbers, repeated keys, batch split and run names (docs/robustness.md) ------------
 FLOAT_KEYS = [f"{name}.{item.name}" for name, cls in SECTIONS.items()
-              for item in dataclasses.fields(cls) if item.type in ("float", "tuple[float, ...]")]
+              for item in dataclasses.fields(cls)
+              if item.type in ("float", "float | None", "tuple[float, ...]")]
 
 
 @pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", "nan", "inf", "1.0e+400"])
@@ -240,6 +241,15 @@ def test_names_that_become_folders_and_filter_values_are_refused(key, name):
 def test_plain_run_names_are_kept(name):
     cfg = apply_overrides(Config(), {"ray.run_name": name, "sweep.name": name})
     assert cfg.ray.run_name == name and cfg.sweep.name == name
+
+
+def test_the_extended_pixels_weigh_twice_the_points_unless_set():
+    assert Config().extension.weight_at(10, 15) == EXTENDED_WEIGHT == 2.0
+    assert apply_overrides(Config(), {"extension.weight": 1.0}).extension.weight_at(10, 15) == 1.0
+    # The paper's pooled weighting has no weight of its own, and needs none to be set.
+    assert apply_overrides(Config(), {"extension.weighting": "pooled"}).extension.weight is None
+    ramped = apply_overrides(Config(), {"extension.ramp_epochs": 4, "extension.start_epoch": 2})
+    assert [ramped.extension.weight_at(e, 10) for e in (1, 2, 3, 5, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
 
 
 @pytest.mark.parametrize("weighting", ["separate", "balanced"])

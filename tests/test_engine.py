@@ -196,6 +196,7 @@ def test_extended_pixels_are_weighed_as_configured(weighting):
     assert before.item() == pytest.approx(point_cross_entropy(logits, points).item())
     want = (point_cross_entropy(logits, extended) if weighting == "pooled"
             else split_cross_entropy(logits, extended, points,
+                                     extended_weight=cfg.extension.weight_at(1, cfg.train.epochs),
                                      balanced=weighting == "balanced"))
     assert after.item() == pytest.approx(want.item()) and logs["loss_ce"] == after.item()
 
@@ -273,7 +274,8 @@ def test_the_boundary_margin_reaches_the_extension():
                                       method=cfg.extension.method,
                                       threshold=cfg.extension.threshold, boundary_margin=margin)
         assert logs["ext_pixels"] == float(((extended != 255) & (batch["point_labels"] == 255)).sum())
-        want = split_cross_entropy(output["out"], extended, batch["point_labels"])
+        want = split_cross_entropy(output["out"], extended, batch["point_labels"],
+                                   extended_weight=cfg.extension.weight_at(0, cfg.train.epochs))
         assert loss.item() == pytest.approx(want.item())
         losses[margin] = logs["ext_pixels"]
     assert 0 < losses[1] < losses[0]
