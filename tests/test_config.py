@@ -243,13 +243,13 @@ def test_plain_run_names_are_kept(name):
     assert cfg.ray.run_name == name and cfg.sweep.name == name
 
 
-def test_the_extended_pixels_weigh_twice_the_points_unless_set():
-    assert Config().extension.weight_at(10, 15) == EXTENDED_WEIGHT == 2.0
+def test_the_extended_pixels_weigh_four_times_the_points_unless_set():
+    assert Config().extension.weight_at(10, 15) == EXTENDED_WEIGHT == 4.0
     assert apply_overrides(Config(), {"extension.weight": 1.0}).extension.weight_at(10, 15) == 1.0
     # The paper's pooled weighting has no weight of its own, and needs none to be set.
     assert apply_overrides(Config(), {"extension.weighting": "pooled"}).extension.weight is None
     ramped = apply_overrides(Config(), {"extension.ramp_epochs": 4, "extension.start_epoch": 2})
-    assert [ramped.extension.weight_at(e, 10) for e in (1, 2, 3, 5, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert [ramped.extension.weight_at(e, 10) for e in (1, 2, 3, 5, 9)] == [0.0, 1.0, 2.0, 4.0, 4.0]
 
 
 @pytest.mark.parametrize("weighting", ["separate", "balanced"])
