@@ -187,7 +187,7 @@ class ExtensionConfig:
     # `start_fraction` of the epochs, so the same default suits 6 or 60 epochs. From a
     # pretrained backbone a quarter beat a half by 0.6 mIoU (weight 8, 3 of 3 seeds);
     # from random init a quarter was not shown safe, so the default stays at a half and
-    # the ImageNet-initialised configs use a quarter (docs/benchmarks.md, "Levers").
+    # the pretrained configs (configs/*.yaml) use a quarter (docs/benchmarks.md).
     start_epoch: int | None = None
     start_fraction: float = 0.5
     # How the point CE weighs the extended pixels. "pooled" (the paper): one mean over the
@@ -201,12 +201,12 @@ class ExtensionConfig:
     weighting: ExtensionWeighting = "separate"
     # Not "pooled": the weight of the extended pixels' term; None is EXTENDED_WEIGHT.
     # At 300 steps from a pretrained backbone each doubling from 0.5 to 16 raised mIoU
-    # (against 1.0: 0.5 -1.0; 2 +0.7; 4 +1.5; 8 +2.4; 16 +2.9, 3 of 3 seeds): the ~3,000
-    # extended pixels of an image against its ~12 points, which keep weight 1.
+    # (against 1.0: 0.5 -1.0; 2 +0.7; 4 +1.5; 8 +2.4; 16 +2.9, 3 of 3 seeds); an image
+    # has ~3,000 extended pixels and ~12 points, each term a mean, the points' at 1.
     # From random init a model still often wrong then learns its own errors: 8 and 16
-    # fell below point CE at the demo's settings. 4 is the largest weight safe in both;
-    # an ImageNet-initialised config may go higher (configs/*.yaml: 16). See
-    # docs/benchmarks.md, "Levers".
+    # fell 9 and 25 points below point CE at the demo's settings (seed 0), 4 stayed
+    # above in every seed. A pretrained config may go higher (configs/*.yaml: 16). See
+    # docs/benchmarks.md, "Levers" and "The demo's own settings".
     weight: float | None = None
     ramp_epochs: int = 0  # not "pooled": `weight` rises linearly over this many epochs
 
