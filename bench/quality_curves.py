@@ -5,10 +5,10 @@ under its own ``--tag`` lands in another file. This draws them on one set of axe
 each row under the label given to it:
 
     .venv/bin/python bench/quality_curves.py --out docs/results/quality-table3-pretrained-e12-defaults.png \\
-        --title "pretrained regime, 300 steps: point CE against the recipe's defaults" \\
         "docs/results/quality-table3-pretrained-e12.json:point=point" \\
-        "docs/results/quality-table3-pretrained-e12.json:point+pdml+ext (default recipe)=recipe, weight 1, start 0.5" \\
-        "docs/results/quality-table3-pretrained-e12-w16-start025.json:point+pdml+ext (default recipe)=recipe, weight 16, start 0.25 (default)"
+        "docs/results/quality-table3-pretrained-e12-w4.json:point+pdml+ext (default recipe)=recipe, weight 4 (default)"
+
+(docs/benchmarks.md has the full command behind its picture.)
 
 Each source is ``<file>:<row>=<label>``; the file's records of that row, one per seed,
 become the label's thin per-seed lines and its bold mean.
