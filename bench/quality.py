@@ -307,6 +307,7 @@ def run_key(cfg) -> str:
     the same key is reused, by a rerun of its table or by another table, not trained again.
     Settings a run's supervision mode never reads (the PDML loss of ``point``, the
     extension of ``point+pdml``) are left out, so changing their defaults keeps the key."""
+    cfg = cfg.resolved()  # an unset weight is the value it resolves to, not "None"
     settings = {k: v for k, v in cfg.flat().items() if not k.startswith(_BOOKKEEPING)}
     if not cfg.uses_pdml:
         settings = {k: v for k, v in settings.items() if not k.startswith("loss.")

@@ -54,7 +54,27 @@ Head = Literal["aspp", "linear"]
 Pairing = Literal["paper", "all"]
 ExtensionMethod = Literal["score+region", "region", "score"]
 ExtensionWeighting = Literal["pooled", "separate", "balanced"]
-EXTENDED_WEIGHT = 4.0  # extension.weight when unset (docs/benchmarks.md, "Levers")
+
+
+@dataclass(frozen=True)
+class ExtensionSchedule:
+    """How hard and how early the extension acts when its config leaves it unset."""
+
+    weight: float  # extension.weight
+    start_fraction: float  # extension.start_fraction
+
+
+# The defaults depend on where the backbone starts (docs/benchmarks.md, "Levers" and "The
+# demo's own settings"). From pretrained weights the extension's labels are ~86% right
+# from the first epochs, and each doubling of the weight from 0.5 to 16 and an earlier
+# start raised mIoU (16 from a quarter: +3.8 over point CE at 300 steps, 3 of 3 seeds).
+# From random init a model still often wrong learns its own errors: weight 8 or 16 fell
+# 9 and 25 points below point CE at the demo's settings, while 4 from half-way stayed
+# above it in every seed (+8.8).
+EXTENSION_DEFAULTS = {
+    "pretrained": ExtensionSchedule(weight=16.0, start_fraction=0.25),
+    "random init": ExtensionSchedule(weight=4.0, start_fraction=0.5),
+}
 
 
 class ConfigError(ValueError):
@@ -184,12 +204,11 @@ class ExtensionConfig:
     boundary_margin: int = 0
     # The extension needs a classifier that is already roughly right: the paper extends
     # from PDML-trained weights. It starts at epoch `start_epoch` when set, else after
-    # `start_fraction` of the epochs, so the same default suits 6 or 60 epochs. From a
-    # pretrained backbone a quarter beat a half by 0.6 mIoU (weight 8, 3 of 3 seeds);
-    # from random init a quarter was not shown safe, so the default stays at a half and
-    # the pretrained configs (configs/*.yaml) use a quarter (docs/benchmarks.md).
+    # `start_fraction` of the epochs, so the same default suits 6 or 60 epochs. None:
+    # EXTENSION_DEFAULTS, a quarter from a pretrained backbone (a quarter beat a half by
+    # 0.6 mIoU there, weight 8, 3 of 3 seeds), a half from random init.
     start_epoch: int | None = None
-    start_fraction: float = 0.5
+    start_fraction: float | None = None
     # How the point CE weighs the extended pixels. "pooled" (the paper): one mean over the
     # points and the extended pixels, so classes the model is already sure of, which the
     # extension adds most, gain weight over the rest. "separate": the mean over the points
@@ -199,14 +218,11 @@ class ExtensionConfig:
     # "separate", but the extended pixels' term is a mean over classes of each class's
     # mean, so the stuff the extension labels by the thousand does not drown the things.
     weighting: ExtensionWeighting = "separate"
-    # Not "pooled": the weight of the extended pixels' term; None is EXTENDED_WEIGHT.
-    # At 300 steps from a pretrained backbone each doubling from 0.5 to 16 raised mIoU
-    # (against 1.0: 0.5 -1.0; 2 +0.7; 4 +1.5; 8 +2.4; 16 +2.9, 3 of 3 seeds); an image
-    # has ~3,000 extended pixels and ~12 points, each term a mean, the points' at 1.
-    # From random init a model still often wrong then learns its own errors: 8 and 16
-    # fell 9 and 25 points below point CE at the demo's settings (seed 0), 4 stayed
-    # above in every seed. A pretrained config may go higher (configs/*.yaml: 16). See
-    # docs/benchmarks.md, "Levers" and "The demo's own settings".
+    # Not "pooled": the weight of the extended pixels' term (an image has ~3,000 extended
+    # pixels and ~12 points, each term a mean, the points' at 1). None: EXTENSION_DEFAULTS,
+    # 16 from a pretrained backbone, 4 from random init. At 300 steps from a pretrained
+    # backbone each doubling from 0.5 to 16 raised mIoU (against 1.0: 0.5 -1.0; 2 +0.7;
+    # 4 +1.5; 8 +2.4; 16 +2.9, 3 of 3 seeds); from random init 8 and 16 collapsed.
     weight: float | None = None
     ramp_epochs: int = 0  # not "pooled": `weight` rises linearly over this many epochs
 
@@ -219,8 +235,8 @@ class ExtensionConfig:
                f"must be >= 0, got {self.boundary_margin}")
         _check(self.start_epoch is None or self.start_epoch >= 0, "extension.start_epoch",
                "must be >= 0 (or null: start after extension.start_fraction of the epochs)")
-        _check(0 <= self.start_fraction < 1, "extension.start_fraction",
-               f"must lie in [0, 1), got {self.start_fraction}")
+        _check(self.start_fraction is None or 0 <= self.start_fraction < 1,
+               "extension.start_fraction", f"must lie in [0, 1), got {self.start_fraction}")
         _check(self.weight is None or self.weight >= 0, "extension.weight",
                f"must be >= 0, got {self.weight}")
         _check(self.ramp_epochs >= 0, "extension.ramp_epochs", "must be >= 0")
@@ -229,19 +245,34 @@ class ExtensionConfig:
                "extension.weight/ramp_epochs", "apply to extension.weighting=separate or "
                "balanced only; pooled weighting has one mean over points and extended pixels")
 
+    def resolved(self, *, pretrained: bool) -> ExtensionConfig:
+        """This config with its unset values filled from EXTENSION_DEFAULTS; pooled
+        weighting keeps its weight unset (it has one mean, no weight of its own)."""
+        schedule = EXTENSION_DEFAULTS["pretrained" if pretrained else "random init"]
+        weight = self.weight
+        if weight is None and self.weighting != "pooled":
+            weight = schedule.weight
+        start = schedule.start_fraction if self.start_fraction is None else self.start_fraction
+        return dataclasses.replace(self, weight=weight, start_fraction=start)
+
     def first_epoch(self, epochs: int) -> int:
-        """The first epoch (0-based) whose steps extend the labels, of ``epochs`` in all."""
+        """The first epoch (0-based) whose steps extend the labels, of ``epochs`` in all
+        (of a resolved config)."""
         if self.start_epoch is not None:
             return self.start_epoch
+        if self.start_fraction is None:
+            raise ValueError("first_epoch of an unresolved extension config: call resolved()")
         return int(self.start_fraction * epochs)
 
     def weight_at(self, epoch: int, epochs: int) -> float:
-        """The extended pixels' weight in ``epoch`` (not "pooled"): ramped in, then ``weight``."""
-        weight = EXTENDED_WEIGHT if self.weight is None else self.weight
+        """The extended pixels' weight in ``epoch`` (not "pooled", a resolved config):
+        ramped in, then ``weight``."""
+        if self.weight is None:
+            raise ValueError("weight_at of an unresolved extension config: call resolved()")
         if not self.ramp_epochs:
-            return weight
+            return self.weight
         done = epoch - self.first_epoch(epochs) + 1
-        return weight * min(max(done, 0) / self.ramp_epochs, 1.0)
+        return self.weight * min(max(done, 0) / self.ramp_epochs, 1.0)
 
 
 @dataclass(frozen=True)
@@ -406,6 +437,13 @@ class Config:
         sweep section out (a trial's own values are in the other sections)."""
         return {f"{section}.{key}": value for section, values in self.to_dict().items()
                 if include_sweep or section != "sweep" for key, value in values.items()}
+
+    def resolved(self) -> Config:
+        """This config with every value left to a default that depends on another section
+        filled in (the extension's weight and start depend on ``model.pretrained``): what a
+        run trains with and logs."""
+        extension = self.extension.resolved(pretrained=self.model.pretrained is not None)
+        return dataclasses.replace(self, extension=extension)
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied: ``cfg.replace(**{"train.lr": 0.1})``."""

@@ -77,7 +77,8 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     logits, embed = output["out"], output["embed"]
     point_labels = batch["point_labels"]
     logs: dict[str, float] = {}
-    extending = cfg.uses_extension and epoch >= cfg.extension.first_epoch(cfg.train.epochs)
+    extension = cfg.resolved().extension  # its weight and start depend on model.pretrained
+    extending = cfg.uses_extension and epoch >= extension.first_epoch(cfg.train.epochs)
     if cfg.train.supervision == "full":
         target = batch["mask"]
     else:
@@ -85,17 +86,17 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
         if extending:
             with torch.no_grad():
                 target = extend_from_logits(logits.detach(), point_labels,
-                                            threshold=cfg.extension.threshold,
-                                            window=cfg.extension.window,
-                                            method=cfg.extension.method,
-                                            boundary_margin=cfg.extension.boundary_margin)
+                                            threshold=extension.threshold,
+                                            window=extension.window,
+                                            method=extension.method,
+                                            boundary_margin=extension.boundary_margin)
                 correct, total = extension_accuracy(target, point_labels, batch["mask"])
             logs["ext_pixels"] = float(total)
             logs["ext_correct"] = float(correct)
-    if extending and cfg.extension.weighting != "pooled":
+    if extending and extension.weighting != "pooled":
         ce = split_cross_entropy(logits.float(), target, point_labels,
-                                 extended_weight=cfg.extension.weight_at(epoch, cfg.train.epochs),
-                                 balanced=cfg.extension.weighting == "balanced")
+                                 extended_weight=extension.weight_at(epoch, cfg.train.epochs),
+                                 balanced=extension.weighting == "balanced")
     else:
         ce = point_cross_entropy(logits.float(), target)
     loss = ce

@@ -196,7 +196,7 @@ def test_extended_pixels_are_weighed_as_configured(weighting):
     assert before.item() == pytest.approx(point_cross_entropy(logits, points).item())
     want = (point_cross_entropy(logits, extended) if weighting == "pooled"
             else split_cross_entropy(logits, extended, points,
-                                     extended_weight=cfg.extension.weight_at(1, cfg.train.epochs),
+                                     extended_weight=cfg.resolved().extension.weight_at(1, cfg.train.epochs),
                                      balanced=weighting == "balanced"))
     assert after.item() == pytest.approx(want.item()) and logs["loss_ce"] == after.item()
 
@@ -227,6 +227,27 @@ def test_extension_starts_after_its_fraction_of_the_epochs(epochs, fraction, fir
     assert explicit.extension.first_epoch(epochs) == epochs - 1
     loss, _ = compute_loss(output, batch, cfg=explicit, epoch=epochs - 2, miner=None)
     assert loss.item() == pytest.approx(point_cross_entropy(output["out"], points).item())
+
+
+@pytest.mark.parametrize("pretrained, first, weight", [(None, 6, 4.0), ("weights.pt", 3, 16.0)])
+def test_the_default_extension_schedule_depends_on_the_backbones_start(pretrained, first, weight):
+    # From pretrained weights the extension starts after a quarter of 12 epochs at weight
+    # 16; from random init after half of them at weight 4 (config.EXTENSION_DEFAULTS).
+    cfg = Config().replace(**{"train.supervision": "point+pdml+ext", "train.epochs": 12,
+                              "model.pretrained": pretrained})
+    output, batch = _extending_batch()
+    logits, points = output["out"], batch["point_labels"]
+    extended = extend_from_logits(logits, points, method=cfg.extension.method,
+                                  threshold=cfg.extension.threshold, window=cfg.extension.window)
+    point_term = point_cross_entropy(logits, points).item()
+    mask = (extended != 255) & (points == 255)
+    ext_term = torch.nn.functional.cross_entropy(logits, extended, ignore_index=255,
+                                                 reduction="none")[mask].mean().item()
+    for epoch in (first - 1, first, 11):
+        loss, logs = compute_loss(output, batch, cfg=cfg, epoch=epoch, miner=None)
+        want = point_term + (weight * ext_term if epoch >= first else 0.0)
+        assert loss.item() == pytest.approx(want, rel=1e-5)
+        assert ("ext_pixels" in logs) == (epoch >= first)
 
 
 def test_separate_extension_weight_ramps_in_linearly():
@@ -275,7 +296,7 @@ def test_the_boundary_margin_reaches_the_extension():
                                       threshold=cfg.extension.threshold, boundary_margin=margin)
         assert logs["ext_pixels"] == float(((extended != 255) & (batch["point_labels"] == 255)).sum())
         want = split_cross_entropy(output["out"], extended, batch["point_labels"],
-                                   extended_weight=cfg.extension.weight_at(0, cfg.train.epochs))
+                                   extended_weight=cfg.resolved().extension.weight_at(0, cfg.train.epochs))
         assert loss.item() == pytest.approx(want.item())
         losses[margin] = logs["ext_pixels"]
     assert 0 < losses[1] < losses[0]

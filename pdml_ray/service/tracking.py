@@ -174,7 +174,8 @@ def start_run(cfg: Config, *, ray_run_name: str, parent_run_id: str | None = Non
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = client.create_run(exp_id, run_name=mlflow_run_name(cfg, ray_run_name), tags=all_tags)
-    params = [Param(key, _param_value(value)) for key, value in cfg.flat().items()]
+    # The values the run trains with: defaults that depend on another section resolved.
+    params = [Param(key, _param_value(value)) for key, value in cfg.resolved().flat().items()]
     for start in range(0, len(params), 100):  # log_batch takes at most 100 params
         client.log_batch(run.info.run_id, params=params[start:start + 100])
     # The whole config as the file that reproduces the run (`jobs.train --config`).
