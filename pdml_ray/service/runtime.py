@@ -18,9 +18,11 @@ from pdml_ray import console
 
 log = logging.getLogger(__name__)
 
-# Ray's own metrics (core workers, Ray Train's controller and workers), off in a private
-# local cluster unless the user sets them.
-QUIET_LOCAL_RAY = ("RAY_enable_metrics_collection", "RAY_TRAIN_METRICS_ENABLED")
+# Off in a private local cluster unless the user sets them: Ray's own metrics (core
+# workers, Ray Train's controller and workers), and Train's preemption watcher, an actor
+# polling for node drains that a cluster living and dying with its one job never has.
+QUIET_LOCAL_RAY = ("RAY_enable_metrics_collection", "RAY_TRAIN_METRICS_ENABLED",
+                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
 
 # A local Ray that ray_session(background=True) is starting; wait_for_ray() joins it.
 _starting: Future | None = None
@@ -43,8 +45,9 @@ def start_local_ray(**init_kwargs: Any) -> str:
     os.environ["RAY_TMPDIR"] = folder
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Nothing reads Ray's Prometheus metrics on a private local cluster, and recording them
-    # costs every Ray process CPU time the training workers need (docs/benchmarks.md);
-    # set either variable to 1 to keep them.
+    # costs every Ray process CPU time the training workers need; each actor Train starts
+    # costs about 1.7 CPU seconds of start-up (docs/benchmarks.md). Set a variable to 1 to
+    # keep what it turns off.
     for variable in QUIET_LOCAL_RAY:
         os.environ.setdefault(variable, "0")
     # The dashboard serves the State API that Train's cleaner polls; bound to loopback

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import ray
 from PIL import Image
+from ray.util.state import list_actors
 from mlflow.tracking import MlflowClient
 
 from mlflow.artifacts import download_artifacts
@@ -55,6 +56,10 @@ def test_train_resume_register_and_predict(ray_cluster, tmp_path, data_root, mlf
     assert re.fullmatch(r"epoch 1/3  val mIoU \d\.\d{3} \(best \d\.\d{3} @1\)  "
                         r"pixel acc \d\.\d{3}  \d+ (s|min)/epoch  ~\d+ (s|min) left", epochs[0])
     assert f"(best {first.best_val_miou:.3f} @" in epochs[-1]
+
+    # A private local cluster starts no preemption watcher: its nodes are never drained.
+    classes = {actor.class_name for actor in list_actors(limit=1000)}
+    assert "TrainController" in classes and "PreemptionWatcher" not in classes
 
     # A checkpoint holding the model was written; MLflow has params and metrics.
     assert (Path(first.checkpoint_path) / CHECKPOINT_FILE).is_file()
