@@ -389,7 +389,8 @@ def run_rows(cfg, rows: list[Row], args, records: list[dict], save) -> list[dict
             records = [r for r in records if not (r["row"] == row.label and r["seed"] == seed)]
             records.append({"row": row.label, "seed": seed, "key": key, **row.overrides,
                             **result, "pretrained_sha256": weights_digest(run_cfg),
-                            "config": run_cfg.to_dict()})
+                            # resolved: a later change of a default must not re-key it
+                            "config": run_cfg.resolved().to_dict()})
             save(records)
     return records
 

@@ -1,0 +1,36 @@
+"""bench/quality.py reuses a finished run whose settings are the same: a setting left to a
+default counts as the value it resolves to, so the same training is found however its
+settings were spelled, and a default that changes cannot pass an old run off as new."""
+
+from __future__ import annotations
+
+import sys
+
+from pdml_ray.config import Config
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import quality  # noqa: E402  (a script folder, not a package)
+
+
+def recipe(**overrides) -> Config:
+    return Config().replace(**{"train.supervision": "point+pdml+ext", "train.epochs": 12,
+                               **overrides})
+
+
+def test_an_unset_extension_schedule_keys_as_the_values_it_resolves_to(tmp_path):
+    weights = tmp_path / "backbone.pt"
+    weights.write_bytes(b"stand-in weights")
+    pretrained = recipe(**{"model.pretrained": str(weights)})
+    spelled_out = pretrained.replace(**{"extension.weight": 16.0,
+                                        "extension.start_fraction": 0.25})
+    assert quality.run_key(pretrained) == quality.run_key(spelled_out)
+    # The same start said as an epoch is the same run; another weight is not.
+    assert quality.run_key(pretrained) == quality.run_key(
+        pretrained.replace(**{"extension.start_epoch": 3}))
+    assert quality.run_key(pretrained) != quality.run_key(
+        pretrained.replace(**{"extension.weight": 4.0}))
+    # From random init the unset values resolve to weight 4 from half-way.
+    assert quality.run_key(recipe()) == quality.run_key(
+        recipe(**{"extension.weight": 4.0, "extension.start_fraction": 0.5}))
+    assert quality.run_key(recipe()) != quality.run_key(recipe(**{"extension.weight": 16.0}))
