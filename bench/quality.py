@@ -423,8 +423,14 @@ def run_table4(cfg, args, records: list[dict], save) -> tuple[list[Row], list[di
                 result = run_sweep(sweep_cfg, resume=False)
                 wall = time.perf_counter() - start
             for trial in result.table:
+                # The trial's own settings as dotted keys: its key is rebuilt from them and
+                # the table's base config (record_config), so it is not taken for a run
+                # of the base config's supervision mode.
                 records.append({"row": f"m={trial['margin']:g}, alpha={trial['alpha']:g}",
                                 "seed": seed, "sweep": result.name,
+                                "train.supervision": "point+pdml",
+                                "loss.margin": trial["margin"], "loss.alpha": trial["alpha"],
+                                "mlflow_run_id": trial["run_id"],
                                 **{k: trial[k] for k in ("margin", "alpha", "beta", "val_miou",
                                                          "val_pixel_acc", "status", "run_id")},
                                 "sweep_wall_seconds": wall})

@@ -34,3 +34,14 @@ def test_an_unset_extension_schedule_keys_as_the_values_it_resolves_to(tmp_path)
     assert quality.run_key(recipe()) == quality.run_key(
         recipe(**{"extension.weight": 4.0, "extension.start_fraction": 0.5}))
     assert quality.run_key(recipe()) != quality.run_key(recipe(**{"extension.weight": 16.0}))
+
+
+def test_a_sweep_trial_is_keyed_by_its_own_settings_not_its_tables_base():
+    base = recipe().to_dict()  # a table's base config: the default recipe
+    trial = {"row": "m=20, alpha=0.8", "seed": 0, "train.supervision": "point+pdml",
+             "loss.margin": 20.0, "loss.alpha": 0.8}
+    rebuilt = quality.record_config(base, trial)
+    assert rebuilt.train.supervision == "point+pdml"
+    assert quality.run_key(rebuilt) != quality.run_key(recipe())
+    assert quality.run_key(rebuilt) == quality.run_key(
+        recipe(**{"train.supervision": "point+pdml"}))
