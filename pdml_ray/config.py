@@ -56,25 +56,13 @@ ExtensionMethod = Literal["score+region", "region", "score"]
 ExtensionWeighting = Literal["pooled", "separate", "balanced"]
 
 
-@dataclass(frozen=True)
-class ExtensionSchedule:
-    """How hard and how early the extension acts when its config leaves it unset."""
-
-    weight: float  # extension.weight
-    start_fraction: float  # extension.start_fraction
-
-
-# The defaults depend on where the backbone starts (docs/benchmarks.md, "Levers" and "The
-# demo's own settings"). From pretrained weights the extension's labels are ~86% right
-# from the first epochs, and each doubling of the weight from 0.5 to 16 and an earlier
-# start raised mIoU (16 from a quarter: +3.8 over point CE at 300 steps, 3 of 3 seeds).
-# From random init a model still often wrong learns its own errors: weight 8 or 16 fell
-# 9 and 25 points below point CE at the demo's settings, while 4 from half-way stayed
-# above it in every seed (+8.8).
-EXTENSION_DEFAULTS = {
-    "pretrained": ExtensionSchedule(weight=16.0, start_fraction=0.25),
-    "random init": ExtensionSchedule(weight=4.0, start_fraction=0.5),
-}
+# extension.weight when unset depends on where the backbone starts (docs/benchmarks.md,
+# "Levers" and "The demo's own settings"). From pretrained weights the extension's labels
+# are 80-86% right, and each doubling of the weight from 0.5 to 16 raised mIoU (16: +3.3
+# over point CE at 150 steps, +3.4 at 300, every seed). From random init a model still
+# often wrong learns its own errors: 8 and 16 fell 9 and 25 points below point CE at the
+# demo's settings, while 4 stayed above it in every seed (+8.8).
+EXTENDED_WEIGHT = {"pretrained": 16.0, "random init": 4.0}
 
 
 class ConfigError(ValueError):
@@ -204,11 +192,12 @@ class ExtensionConfig:
     boundary_margin: int = 0
     # The extension needs a classifier that is already roughly right: the paper extends
     # from PDML-trained weights. It starts at epoch `start_epoch` when set, else after
-    # `start_fraction` of the epochs, so the same default suits 6 or 60 epochs. None:
-    # EXTENSION_DEFAULTS, a quarter from a pretrained backbone (a quarter beat a half by
-    # 0.6 mIoU there, weight 8, 3 of 3 seeds), a half from random init.
+    # `start_fraction` of the epochs, so the same default suits 6 or 60 epochs. From
+    # pretrained weights at weight 16 a quarter beat a half at 300 steps (+0.4) but lost
+    # 5.2 at 150 (started after 25 steps, from a model still often wrong); a half gained
+    # at both (docs/benchmarks.md).
     start_epoch: int | None = None
-    start_fraction: float | None = None
+    start_fraction: float = 0.5
     # How the point CE weighs the extended pixels. "pooled" (the paper): one mean over the
     # points and the extended pixels, so classes the model is already sure of, which the
     # extension adds most, gain weight over the rest. "separate": the mean over the points
@@ -219,7 +208,7 @@ class ExtensionConfig:
     # mean, so the stuff the extension labels by the thousand does not drown the things.
     weighting: ExtensionWeighting = "separate"
     # Not "pooled": the weight of the extended pixels' term (an image has ~3,000 extended
-    # pixels and ~12 points, each term a mean, the points' at 1). None: EXTENSION_DEFAULTS,
+    # pixels and ~12 points, each term a mean, the points' at 1). None: EXTENDED_WEIGHT,
     # 16 from a pretrained backbone, 4 from random init. At 300 steps from a pretrained
     # backbone each doubling from 0.5 to 16 raised mIoU (against 1.0: 0.5 -1.0; 2 +0.7;
     # 4 +1.5; 8 +2.4; 16 +2.9, 3 of 3 seeds); from random init 8 and 16 collapsed.
@@ -235,8 +224,8 @@ class ExtensionConfig:
                f"must be >= 0, got {self.boundary_margin}")
         _check(self.start_epoch is None or self.start_epoch >= 0, "extension.start_epoch",
                "must be >= 0 (or null: start after extension.start_fraction of the epochs)")
-        _check(self.start_fraction is None or 0 <= self.start_fraction < 1,
-               "extension.start_fraction", f"must lie in [0, 1), got {self.start_fraction}")
+        _check(0 <= self.start_fraction < 1, "extension.start_fraction",
+               f"must lie in [0, 1), got {self.start_fraction}")
         _check(self.weight is None or self.weight >= 0, "extension.weight",
                f"must be >= 0, got {self.weight}")
         _check(self.ramp_epochs >= 0, "extension.ramp_epochs", "must be >= 0")
@@ -246,22 +235,17 @@ class ExtensionConfig:
                "balanced only; pooled weighting has one mean over points and extended pixels")
 
     def resolved(self, *, pretrained: bool) -> ExtensionConfig:
-        """This config with its unset values filled from EXTENSION_DEFAULTS; pooled
-        weighting keeps its weight unset (it has one mean, no weight of its own)."""
-        schedule = EXTENSION_DEFAULTS["pretrained" if pretrained else "random init"]
-        weight = self.weight
-        if weight is None and self.weighting != "pooled":
-            weight = schedule.weight
-        start = schedule.start_fraction if self.start_fraction is None else self.start_fraction
-        return dataclasses.replace(self, weight=weight, start_fraction=start)
+        """This config with an unset weight filled from EXTENDED_WEIGHT; pooled weighting
+        keeps it unset (it has one mean, no weight of its own)."""
+        if self.weight is not None or self.weighting == "pooled":
+            return self
+        weight = EXTENDED_WEIGHT["pretrained" if pretrained else "random init"]
+        return dataclasses.replace(self, weight=weight)
 
     def first_epoch(self, epochs: int) -> int:
-        """The first epoch (0-based) whose steps extend the labels, of ``epochs`` in all
-        (of a resolved config)."""
+        """The first epoch (0-based) whose steps extend the labels, of ``epochs`` in all."""
         if self.start_epoch is not None:
             return self.start_epoch
-        if self.start_fraction is None:
-            raise ValueError("first_epoch of an unresolved extension config: call resolved()")
         return int(self.start_fraction * epochs)
 
     def weight_at(self, epoch: int, epochs: int) -> float:
@@ -440,8 +424,8 @@ class Config:
 
     def resolved(self) -> Config:
         """This config with every value left to a default that depends on another section
-        filled in (the extension's weight and start depend on ``model.pretrained``): what a
-        run trains with and logs."""
+        filled in (the extension's weight depends on ``model.pretrained``): what a run
+        trains with and logs."""
         extension = self.extension.resolved(pretrained=self.model.pretrained is not None)
         return dataclasses.replace(self, extension=extension)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pdml_ray.config import (EXTENSION_DEFAULTS, SECTIONS, Config, ConfigError, apply_overrides,
+from pdml_ray.config import (EXTENDED_WEIGHT, SECTIONS, Config, ConfigError, apply_overrides,
                              dump_config, from_dict, load_config, resolve_paths)
 
 
@@ -243,34 +243,29 @@ def test_plain_run_names_are_kept(name):
     assert cfg.ray.run_name == name and cfg.sweep.name == name
 
 
-@pytest.mark.parametrize("pretrained, weight, start", [(None, 4.0, 0.5),
-                                                      ("weights.pt", 16.0, 0.25)])
-def test_unset_extension_schedule_follows_the_backbones_start(pretrained, weight, start):
+@pytest.mark.parametrize("pretrained, weight", [(None, 4.0), ("weights.pt", 16.0)])
+def test_an_unset_extension_weight_follows_the_backbones_start(pretrained, weight):
     cfg = Config().replace(**{"model.pretrained": pretrained})
-    assert cfg.extension.weight is None and cfg.extension.start_fraction is None
+    assert cfg.extension.weight is None
     extension = cfg.resolved().extension
-    schedule = EXTENSION_DEFAULTS["pretrained" if pretrained else "random init"]
-    assert (extension.weight, extension.start_fraction) == (schedule.weight, schedule.start_fraction) \
-        == (weight, start)
-    assert extension.weight_at(10, 15) == weight and extension.first_epoch(12) == int(start * 12)
+    assert extension.weight == EXTENDED_WEIGHT["pretrained" if pretrained else "random init"] \
+        == weight
+    assert extension.weight_at(10, 15) == weight and extension.first_epoch(12) == 6
     # What the user sets wins, from either start; resolving twice changes nothing.
     chosen = cfg.replace(**{"extension.weight": 1.0, "extension.start_fraction": 0.75}).resolved()
     assert (chosen.extension.weight, chosen.extension.first_epoch(12)) == (1.0, 9)
     assert chosen.resolved() == chosen and cfg.resolved().resolved() == cfg.resolved()
     # The paper's pooled weighting has no weight of its own, and needs none to be set.
     pooled = cfg.replace(**{"extension.weighting": "pooled"}).resolved()
-    assert pooled.extension.weight is None and pooled.extension.start_fraction == start
+    assert pooled.extension.weight is None
     ramped = cfg.replace(**{"extension.ramp_epochs": 4, "extension.start_epoch": 2}).resolved()
     assert [ramped.extension.weight_at(e, 10) for e in (1, 2, 3, 5, 9)] == \
         [0.0, weight / 4, weight / 2, weight, weight]
 
 
-def test_an_unresolved_extension_schedule_is_not_guessed():
+def test_an_unresolved_extension_weight_is_not_guessed():
     with pytest.raises(ValueError, match="unresolved extension config"):
         Config().extension.weight_at(10, 15)
-    with pytest.raises(ValueError, match="unresolved extension config"):
-        Config().extension.first_epoch(15)
-    assert Config().replace(**{"extension.start_epoch": 3}).extension.first_epoch(15) == 3
 
 
 @pytest.mark.parametrize("weighting", ["separate", "balanced"])

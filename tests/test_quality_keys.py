@@ -22,17 +22,15 @@ def test_an_unset_extension_schedule_keys_as_the_values_it_resolves_to(tmp_path)
     weights = tmp_path / "backbone.pt"
     weights.write_bytes(b"stand-in weights")
     pretrained = recipe(**{"model.pretrained": str(weights)})
-    spelled_out = pretrained.replace(**{"extension.weight": 16.0,
-                                        "extension.start_fraction": 0.25})
+    spelled_out = pretrained.replace(**{"extension.weight": 16.0})
     assert quality.run_key(pretrained) == quality.run_key(spelled_out)
     # The same start said as an epoch is the same run; another weight is not.
     assert quality.run_key(pretrained) == quality.run_key(
-        pretrained.replace(**{"extension.start_epoch": 3}))
+        pretrained.replace(**{"extension.start_epoch": 6}))
     assert quality.run_key(pretrained) != quality.run_key(
         pretrained.replace(**{"extension.weight": 4.0}))
-    # From random init the unset values resolve to weight 4 from half-way.
-    assert quality.run_key(recipe()) == quality.run_key(
-        recipe(**{"extension.weight": 4.0, "extension.start_fraction": 0.5}))
+    # From random init an unset weight resolves to 4.
+    assert quality.run_key(recipe()) == quality.run_key(recipe(**{"extension.weight": 4.0}))
     assert quality.run_key(recipe()) != quality.run_key(recipe(**{"extension.weight": 16.0}))
 
 
