@@ -212,6 +212,17 @@ def _extending_batch():
     return {"out": logits, "embed": torch.zeros(2, 4, 3, 3)}, batch
 
 
+def _point_and_extended_terms(output, batch, cfg) -> tuple[float, float]:
+    """The mean CE over the points and over the pixels the extension adds, each alone."""
+    logits, points = output["out"], batch["point_labels"]
+    extended = extend_from_logits(logits, points, method=cfg.extension.method,
+                                  threshold=cfg.extension.threshold, window=cfg.extension.window)
+    mask = (extended != 255) & (points == 255)
+    ext_term = torch.nn.functional.cross_entropy(logits, extended, ignore_index=255,
+                                                 reduction="none")[mask].mean().item()
+    return point_cross_entropy(logits, points).item(), ext_term
+
+
 @pytest.mark.parametrize("epochs, fraction, first", [(6, 0.5, 3), (15, 0.5, 7), (10, 0.0, 0),
                                                       (4, 0.3, 1)])
 def test_extension_starts_after_its_fraction_of_the_epochs(epochs, fraction, first):
@@ -237,13 +248,7 @@ def test_the_default_extension_weight_depends_on_the_backbones_start(pretrained,
                               "model.pretrained": pretrained})
     first = 6
     output, batch = _extending_batch()
-    logits, points = output["out"], batch["point_labels"]
-    extended = extend_from_logits(logits, points, method=cfg.extension.method,
-                                  threshold=cfg.extension.threshold, window=cfg.extension.window)
-    point_term = point_cross_entropy(logits, points).item()
-    mask = (extended != 255) & (points == 255)
-    ext_term = torch.nn.functional.cross_entropy(logits, extended, ignore_index=255,
-                                                 reduction="none")[mask].mean().item()
+    point_term, ext_term = _point_and_extended_terms(output, batch, cfg)
     for epoch in (first - 1, first, 11):
         loss, logs = compute_loss(output, batch, cfg=cfg, epoch=epoch, miner=None)
         want = point_term + (weight * ext_term if epoch >= first else 0.0)
@@ -256,13 +261,7 @@ def test_separate_extension_weight_ramps_in_linearly():
                               "extension.start_epoch": 2, "extension.weighting": "separate",
                               "extension.weight": 0.6, "extension.ramp_epochs": 3})
     output, batch = _extending_batch()
-    logits, points = output["out"], batch["point_labels"]
-    extended = extend_from_logits(logits, points, method=cfg.extension.method,
-                                  threshold=cfg.extension.threshold, window=cfg.extension.window)
-    point_term = point_cross_entropy(logits, points).item()
-    mask = (extended != 255) & (points == 255)
-    ext_term = torch.nn.functional.cross_entropy(logits, extended, ignore_index=255,
-                                                 reduction="none")[mask].mean().item()
+    point_term, ext_term = _point_and_extended_terms(output, batch, cfg)
     # epoch 2: 1/3 of 0.6; epoch 3: 2/3; epoch 4 and later: the full 0.6.
     for epoch, weight in ((2, 0.2), (3, 0.4), (4, 0.6), (7, 0.6)):
         loss, _ = compute_loss(output, batch, cfg=cfg, epoch=epoch, miner=None)
