@@ -210,8 +210,9 @@ def process_label(proc) -> str:
 class ProcessCpu:
     """CPU seconds of this process and all its descendants, by :func:`process_label`,
     sampled every ``every_s`` in a thread from entering the block to leaving it: a
-    process's last reading before it exits is what it counts (a short-lived one seen in
-    no sample is missed), less what it had used before the block."""
+    process's last reading before it exits is what it counts, under the last label it
+    had (a short-lived one seen in no sample is missed), less what it had used before
+    the block."""
 
     def __init__(self, every_s: float = 0.5) -> None:
         import threading
@@ -249,7 +250,12 @@ class ProcessCpu:
                 seconds = times.user + times.system
             except Exception:  # exited since the listing
                 continue
-            label = self._last.get(proc.pid, (None, 0.0))[0] or process_label(proc)
+            # Read again each time: a Ray worker starts as setup_worker.py, idles as
+            # ray::IDLE and takes its ray::<Actor> title once it runs one; its CPU counts
+            # under the last title seen.
+            label = process_label(proc)
+            if label == "gone":
+                label = self._last.get(proc.pid, (label, 0.0))[0]
             self._last[proc.pid] = (label, seconds)
 
     def by_label(self) -> dict[str, float]:

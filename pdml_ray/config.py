@@ -59,9 +59,9 @@ ExtensionWeighting = Literal["pooled", "separate", "balanced"]
 # extension.weight when unset depends on where the backbone starts (docs/benchmarks.md,
 # "Levers" and "The demo's own settings"). From pretrained weights the extension's labels
 # are 80-86% right, and each doubling of the weight from 0.5 to 16 raised mIoU (16: +3.3
-# over point CE at 150 steps, +3.4 at 300, every seed). From random init a model still
-# often wrong learns its own errors: 8 and 16 fell 9 and 25 points below point CE at the
-# demo's settings, while 4 stayed above it in every seed (+8.8).
+# over point CE at 150 steps, 3 seeds; +4.1 at 300, 6 seeds; every seed up). From random
+# init a model still often wrong learns its own errors: 8 and 16 fell 9 and 25 points
+# below point CE at the demo's settings, while 4 stayed above it in every seed (+8.8).
 EXTENDED_WEIGHT = {"pretrained": 16.0, "random init": 4.0}
 
 

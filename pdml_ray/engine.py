@@ -77,7 +77,7 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     logits, embed = output["out"], output["embed"]
     point_labels = batch["point_labels"]
     logs: dict[str, float] = {}
-    extension = cfg.resolved().extension  # its weight and start depend on model.pretrained
+    extension = cfg.resolved().extension  # an unset weight depends on model.pretrained
     extending = cfg.uses_extension and epoch >= extension.first_epoch(cfg.train.epochs)
     if cfg.train.supervision == "full":
         target = batch["mask"]
