@@ -77,7 +77,8 @@ def compute_loss(output: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     logits, embed = output["out"], output["embed"]
     point_labels = batch["point_labels"]
     logs: dict[str, float] = {}
-    extension = cfg.resolved().extension  # an unset weight depends on model.pretrained
+    # An unset weight depends on model.pretrained; a no-op for the worker's resolved config.
+    extension = cfg.extension.resolved(pretrained=cfg.model.pretrained is not None)
     extending = cfg.uses_extension and epoch >= extension.first_epoch(cfg.train.epochs)
     if cfg.train.supervision == "full":
         target = batch["mask"]

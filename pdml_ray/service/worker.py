@@ -57,7 +57,7 @@ def build_loaders(cfg, rank: int, world: int):
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    cfg = from_dict(loop_config["config"])
+    cfg = from_dict(loop_config["config"]).resolved()  # once, not in every step
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.train.seed + rank)
