@@ -145,9 +145,13 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
     assert_resumed_from_checkpoint(loss_history(mlflow_uri, result.mlflow_run_id), killed["ms"],
                                    final_step)
     # The run's checkpoints (the best by val mIoU are kept, and both of 2 epochs fit)
-    # include the final step: training went on to the end after the restart.
-    steps = {load_training_state(folder)["step"]
-             for folder in (storage / "faults-worker").glob("checkpoint_*") if folder.is_dir()}
+    # include the final step: training went on to the end after the restart. Only those
+    # Ray registered: a kill during the asynchronous copy to storage can leave a partial
+    # folder that Ray never reported.
+    run_folder = storage / "faults-worker"
+    registered = json.loads((run_folder / RAY_SNAPSHOT_FILE).read_text())["checkpoint_results"]
+    steps = {load_training_state(run_folder / entry["checkpoint_dir_name"])["step"]
+             for entry in registered}
     assert final_step in steps
 
 
