@@ -7,7 +7,9 @@ A run's checkpoints are folders ``<storage_path>/<run name>/checkpoint_<time>`` 
 Ray Train's record of the ones it registered (``checkpoint_manager_snapshot.json``, with
 the metrics each was reported with). :func:`prune_checkpoints` trims them to
 ``ray.keep_checkpoints`` after an interrupted run, which Ray leaves with one more (it
-keeps the latest besides the best) and with any checkpoint written but not yet registered.
+keeps the latest besides the best) and with any checkpoint written but not yet registered;
+after any other run it removes only the folders Ray never registered (a worker killed
+while its checkpoint was being copied leaves a partial one that nothing reads or deletes).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def load_training_state(folder: str | Path, map_location: Any = "cpu") -> dict:
 
 # -- pruning an interrupted run's checkpoints ------------------------------------------
 def checkpoints_to_delete(folders: Iterable[str], recorded: Mapping[str, Mapping[str, Any]],
-                          keep: int) -> list[str]:
+                          keep: int | None) -> list[str]:
     """The checkpoint folders to remove so that at most ``keep`` remain: the newest
     (highest ``step``: a resume starts there) and, after it, the best by ``val_miou``
     (ties: the newer), the checkpoints ``CheckpointConfig(num_to_keep=keep,
@@ -93,12 +95,15 @@ def checkpoints_to_delete(folders: Iterable[str], recorded: Mapping[str, Mapping
         folders: names of the ``checkpoint_*`` folders in the run's storage folder.
         recorded: the metrics (``step``, ``val_miou``) each registered checkpoint was
             reported with, by folder name (:func:`recorded_metrics`).
-        keep: ``ray.keep_checkpoints``, at least 1.
+        keep: ``ray.keep_checkpoints``, at least 1; None keeps every registered
+            checkpoint (only the unregistered folders go).
     """
-    if keep < 1:
+    if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     folders = sorted(set(folders))
     usable = [name for name in folders if name in recorded]
+    if keep is None:
+        return [name for name in folders if name not in recorded]
 
     def step(name: str) -> int:
         return int(recorded[name].get("step", -1))
@@ -150,10 +155,12 @@ def snapshot_without(snapshot: Mapping[str, Any], deleted: Collection[str]) -> d
     return out
 
 
-def prune_checkpoints(storage_path: str, run_name: str, keep: int) -> list[str]:
+def prune_checkpoints(storage_path: str, run_name: str, keep: int | None) -> list[str]:
     """Remove the checkpoints of ``<storage_path>/<run_name>`` that
     :func:`checkpoints_to_delete` names (a local folder or a pyarrow URI such as
-    ``s3://bucket/x``), after writing Ray's snapshot without them; returns their names."""
+    ``s3://bucket/x``), after writing Ray's snapshot without them; returns their names.
+    Call it only when no worker of the run is alive: a folder still being written is
+    not registered yet."""
     import pyarrow.fs as pafs
 
     if "://" in storage_path:

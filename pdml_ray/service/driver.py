@@ -142,9 +142,10 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
             if data_error is None:
                 raise
             raise data_error from None
+        fit_done = time.perf_counter()
+        _prune_checkpoints(cfg, run_name, interrupted=False)  # every worker has stopped
         if result.error is not None:
             raise result.error
-        fit_done = time.perf_counter()
         best = result.get_best_checkpoint(metric="val_miou", mode="max")
         if best is None:
             raise RuntimeError(f"Ray run {run_name} finished without a checkpoint")
@@ -173,8 +174,9 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
         # SystemExit / KeyboardInterrupt: stopped from outside (Tune's scheduler exits a
         # trial it stops, or Ctrl-C), not failed: the MLflow run says KILLED.
         _mark_failed(uri, run_id, killed=not isinstance(exc, Exception))
-        if _is_interrupt(exc):
-            _prune_after_interrupt(cfg, run_name)
+        interrupted = _is_interrupt(exc)
+        _prune_checkpoints(cfg, run_name, interrupted=interrupted)
+        if interrupted:
             raise TrainingInterrupted(run_name) from exc
         raise
     finally:
@@ -237,19 +239,24 @@ def _is_interrupt(exc: BaseException) -> bool:
         isinstance(exc, SystemExit) and threading.current_thread() is threading.main_thread())
 
 
-def _prune_after_interrupt(cfg: Config, run_name: str) -> None:
-    """Checkpoints beyond ``ray.keep_checkpoints`` (Ray leaves the latest besides the best,
-    and one written but not yet registered when the run stopped) are removed, keeping
-    the newest for the resume and the best by val mIoU."""
+def _prune_checkpoints(cfg: Config, run_name: str, *, interrupted: bool) -> None:
+    """After an interrupt, checkpoints beyond ``ray.keep_checkpoints`` (Ray leaves the
+    latest besides the best, and one written but not yet registered when the run
+    stopped) are removed, keeping the newest for the resume and the best by val mIoU.
+    After any other end, only the folders Ray never registered go (a worker killed
+    during an asynchronous upload leaves a partial one); Ray's own choice stays."""
+    keep = cfg.ray.keep_checkpoints if interrupted else None
     try:
-        removed = prune_checkpoints(cfg.ray.storage_path, run_name, cfg.ray.keep_checkpoints)
-    except Exception as exc:  # the interrupt is what the user must see
-        log.warning("could not remove the checkpoints of run %s beyond ray.keep_checkpoints=%d: "
-                    "%s", run_name, cfg.ray.keep_checkpoints, exc)
+        removed = prune_checkpoints(cfg.ray.storage_path, run_name, keep)
+    except Exception as exc:  # how the run ended is what the user must see
+        log.warning("could not remove the %s checkpoints of run %s: %s",
+                    f"beyond ray.keep_checkpoints={keep}" if interrupted else "unregistered",
+                    run_name, exc)
         return
     if removed:
-        log.info("removed %d checkpoint(s) beyond ray.keep_checkpoints=%d: %s", len(removed),
-                 cfg.ray.keep_checkpoints, ", ".join(removed))
+        log.info("removed %d %s checkpoint(s): %s", len(removed),
+                 f"beyond ray.keep_checkpoints={keep}" if interrupted else "unregistered",
+                 ", ".join(removed))
 
 
 def _mark_failed(uri: str, run_id: str, *, killed: bool = False) -> None:

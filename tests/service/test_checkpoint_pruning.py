@@ -1,6 +1,7 @@
-"""Pruning an interrupted run's checkpoints to ray.keep_checkpoints: which folders go (a
-pure function of the folder listing and the metrics Ray recorded), and that Ray's snapshot
-still describes the folders that stay. No Ray cluster."""
+"""Pruning an interrupted run's checkpoints to ray.keep_checkpoints, and any other run's
+unregistered folders: which folders go (a pure function of the folder listing and the
+metrics Ray recorded), and that Ray's snapshot still describes the folders that stay.
+No Ray cluster."""
 
 from __future__ import annotations
 
@@ -72,6 +73,16 @@ def test_unregistered_and_unrecorded_folders_always_go():
     assert checkpoints_to_delete([name(12)], recorded, keep=1) == []
 
 
+def test_without_keep_only_unregistered_folders_go():
+    # After a run that was not interrupted Ray's own choice of checkpoints stands; a
+    # folder it never registered (a worker killed during an asynchronous copy) goes.
+    recorded = {name(4): metrics(4, 0.3), name(8): metrics(8, 0.5), name(12): metrics(12, 0.2)}
+    assert checkpoints_to_delete(recorded, recorded, keep=None) == []
+    assert checkpoints_to_delete([*recorded, name(10), name(16)], recorded, keep=None) == [
+        name(10), name(16)]
+    assert checkpoints_to_delete([name(4)], {}, keep=None) == [name(4)]
+
+
 def test_nan_scores_rank_last():
     recorded = {name(4): metrics(4, float("nan")), name(8): metrics(8, 0.1),
                 name(12): metrics(12, 0.05)}
@@ -127,3 +138,18 @@ def test_prune_keeps_every_checkpoint_when_ray_left_no_snapshot(tmp_path):
         (run / name(step)).mkdir(parents=True)
     assert prune_checkpoints(str(tmp_path / "ray_results"), "run-2", keep=1) == []
     assert sorted(path.name for path in run.iterdir()) == [name(4), name(8), name(12)]
+
+
+def test_prune_without_keep_removes_only_the_unregistered_folder(tmp_path):
+    run = tmp_path / "ray_results" / "run-3"
+    for step in (4, 8, 12, 16):
+        (run / name(step)).mkdir(parents=True)
+    (run / name(16) / "checkpoint.pt").write_bytes(b"a partial cop")  # never registered
+    recorded = snapshot({4: 0.3, 8: 0.5, 12: 0.2}, latest=12)
+    (run / RAY_SNAPSHOT_FILE).write_text(json.dumps(recorded))
+
+    assert prune_checkpoints(str(tmp_path / "ray_results"), "run-3", keep=None) == [name(16)]
+    assert sorted(path.name for path in run.iterdir()) == sorted(
+        [name(4), name(8), name(12), RAY_SNAPSHOT_FILE])
+    assert json.loads((run / RAY_SNAPSHOT_FILE).read_text()) == recorded  # it named all three
+    assert prune_checkpoints(str(tmp_path / "ray_results"), "run-3", keep=None) == []

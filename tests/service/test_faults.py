@@ -145,13 +145,14 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
     assert_resumed_from_checkpoint(loss_history(mlflow_uri, result.mlflow_run_id), killed["ms"],
                                    final_step)
     # The run's checkpoints (the best by val mIoU are kept, and both of 2 epochs fit)
-    # include the final step: training went on to the end after the restart. Only those
-    # Ray registered: a kill during the asynchronous copy to storage can leave a partial
-    # folder that Ray never reported.
+    # include the final step: training went on to the end after the restart. And the
+    # storage holds only what Ray registered: a kill during the asynchronous copy can
+    # leave a partial folder that Ray never reported, which the driver removes.
     run_folder = storage / "faults-worker"
-    registered = json.loads((run_folder / RAY_SNAPSHOT_FILE).read_text())["checkpoint_results"]
-    steps = {load_training_state(run_folder / entry["checkpoint_dir_name"])["step"]
-             for entry in registered}
+    registered = {entry["checkpoint_dir_name"] for entry in json.loads(
+        (run_folder / RAY_SNAPSHOT_FILE).read_text())["checkpoint_results"]}
+    assert {path.name for path in run_folder.glob("checkpoint_*") if path.is_dir()} == registered
+    steps = {load_training_state(run_folder / name)["step"] for name in registered}
     assert final_step in steps
 
 
