@@ -336,6 +336,24 @@ def weights_digest(cfg) -> str | None:
     return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
+# Revisions of the training code that changed what the same settings give, stored with
+# each record: 2 initialises PDML's projection head from a fork of the random state
+# (pdml_ray.models.deeplab), so a run with the head draws the same augmentations as the
+# same seed without it; runs with the head recorded before (no revision) drew others.
+CODE_REVISION = 2
+
+
+def same_code(record: dict, cfg) -> bool:
+    """Whether today's code trains what ``record`` recorded for ``cfg``."""
+    if cfg.uses_pdml and cfg.model.embedding == "projection":
+        return record.get("code_revision", 1) >= 2
+    return True
+
+
+def reusable(record: dict, cfg) -> bool:
+    return same_weights(record, cfg) and same_code(record, cfg)
+
+
 def same_weights(record: dict, cfg) -> bool:
     """A record's key is recomputed from its config, where the weights are a path: the
     file there now may have been made again. The digest a record kept must match
@@ -354,8 +372,9 @@ def record_config(base: dict, record: dict):
     return from_dict(base).replace(**overrides, **{"train.seed": record["seed"]})
 
 
-def finished_runs() -> dict[str, dict]:
-    """Every finished run of every quality table so far, by :func:`run_key`."""
+def finished_runs(cfg=None) -> dict[str, dict]:
+    """Every finished run of every quality table so far, by :func:`run_key`; with ``cfg``,
+    only those today's code would train alike for it (:func:`reusable`)."""
     done = {}
     for path in sorted(benchlib.RESULTS.glob("quality-*.json")):
         try:
@@ -363,7 +382,8 @@ def finished_runs() -> dict[str, dict]:
         except (OSError, ValueError):
             continue
         for record in payload.get("records", []):
-            if "val_miou" in record and "seed" in record and "row" in record:
+            if "val_miou" in record and "seed" in record and "row" in record and (
+                    cfg is None or reusable(record, cfg)):
                 done[run_key(record_config(payload["config"], record))] = record
     return done
 
@@ -374,11 +394,11 @@ def run_rows(cfg, rows: list[Row], args, records: list[dict], save) -> list[dict
         for row in rows:
             run_cfg = cfg.replace(**row.overrides, **{"train.seed": seed})
             key = run_key(run_cfg)
-            if any(r["row"] == row.label and r["seed"] == seed and same_weights(r, run_cfg)
+            if any(r["row"] == row.label and r["seed"] == seed and reusable(r, run_cfg)
                    and run_key(record_config(cfg.to_dict(), r)) == key for r in records):
                 continue
-            reused = finished_runs().get(key)
-            if reused is not None and same_weights(reused, run_cfg):
+            reused = finished_runs(run_cfg).get(key)
+            if reused is not None:
                 print(f"-- {row.label}, seed {seed}: reusing the identical run "
                       f"{reused['mlflow_run_id']} ({reused['row']})", flush=True)
                 result = {k: v for k, v in reused.items()
@@ -389,6 +409,7 @@ def run_rows(cfg, rows: list[Row], args, records: list[dict], save) -> list[dict
             records = [r for r in records if not (r["row"] == row.label and r["seed"] == seed)]
             records.append({"row": row.label, "seed": seed, "key": key, **row.overrides,
                             **result, "pretrained_sha256": weights_digest(run_cfg),
+                            "code_revision": result.get("code_revision", CODE_REVISION),
                             # resolved: a later change of a default must not re-key it
                             "config": run_cfg.resolved().to_dict()})
             save(records)

@@ -43,3 +43,16 @@ def test_a_sweep_trial_is_keyed_by_its_own_settings_not_its_tables_base():
     assert quality.run_key(rebuilt) != quality.run_key(recipe())
     assert quality.run_key(rebuilt) == quality.run_key(
         recipe(**{"train.supervision": "point+pdml"}))
+
+
+def test_a_run_with_the_projection_head_from_before_its_forked_init_is_not_reused():
+    # Until code revision 2 the head drew from the training's random stream, so a
+    # record without the revision does not reproduce what the code trains today.
+    old = {"row": "point+pdml", "seed": 0, "val_miou": 0.5}
+    new = {**old, "code_revision": quality.CODE_REVISION}
+    pdml = recipe(**{"train.supervision": "point+pdml"})
+    assert not quality.reusable(old, pdml) and quality.reusable(new, pdml)
+    # Runs without the head trained the same before and after.
+    for cfg in (recipe(**{"train.supervision": "point"}),
+                pdml.replace(**{"model.embedding": "features"})):
+        assert quality.reusable(old, cfg) and quality.reusable(new, cfg)

@@ -106,3 +106,25 @@ def test_projection_head_embeds_on_a_sphere_and_trains_at_the_head_rate():
     assert torch.equal(plain(x)["embed"], plain.backbone(x)["out"])
     with pytest.raises(ValueError, match="projection_dim must be >= 0"):
         build_model(num_classes=4, backbone="resnet18", projection_dim=-1)
+
+
+def test_the_projection_head_leaves_the_random_stream_as_it_found_it():
+    # A seed must draw the same augmentations with or without PDML's head, so that point
+    # CE and PDML paired on a seed differ by the loss only; the head itself is seeded.
+    def build(projection_dim):
+        torch.manual_seed(7)
+        model = build_model(num_classes=4, backbone="resnet18", projection_dim=projection_dim)
+        return model, torch.rand(5)
+
+    plain, after_plain = build(0)
+    headed, after_headed = build(16)
+    again, after_again = build(16)
+    assert torch.equal(after_plain, after_headed)
+    shared = plain.state_dict()
+    assert all(torch.equal(value, headed.state_dict()[key]) for key, value in shared.items())
+    assert all(torch.equal(value, again.state_dict()[key])
+               for key, value in headed.state_dict().items())
+    # The head is not left at some fixed value: another seed initialises it differently.
+    torch.manual_seed(8)
+    other = build_model(num_classes=4, backbone="resnet18", projection_dim=16)
+    assert not torch.equal(other.projection.layers[0].weight, headed.projection.layers[0].weight)
