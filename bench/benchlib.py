@@ -43,7 +43,11 @@ def machine() -> dict[str, Any]:
     import torch
 
     info = {"machine": platform.machine(), "processor": platform.processor() or "unknown",
-            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "cpu_model": _cpu_model(), "cpus": os.cpu_count(),
+            # The vector kernels torch picks (AVX2, AVX512, ...) round differently, so the
+            # same seed trains to a different model on another CPU: say which ran.
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(),
             "torch": torch.__version__, "load_average_1min": os.getloadavg()[0],
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     for name in ("ray", "mlflow"):
@@ -52,6 +56,16 @@ def machine() -> dict[str, Any]:
         except ImportError:
             pass
     return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def warn_if_busy() -> None:
