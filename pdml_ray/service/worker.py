@@ -171,7 +171,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if monitor is not None:
             monitor.finish()
         if tracker is not None:
-            tracker.log({**clock.metrics(), "first_step_unix": first_step_unix}, step=step)
+            # A run resumed from its final checkpoint (a worker lost after the last
+            # report) takes no step here: it has no first step to log.
+            first = {} if first_step_unix is None else {"first_step_unix": first_step_unix}
+            tracker.log({**clock.metrics(), **first}, step=step)
             if not tracker.flush():
                 log.warning("MLflow still unreachable at the end: %d metric points not logged",
                             len(tracker.buffer))

@@ -37,6 +37,7 @@ from tests.helpers import (UnavailableStore, job_env, kill_session, only_run, ru
                            tiny_config, wait_for)
 
 STEPS_PER_EPOCH = 4  # tiny_config: 16 train images, global batch 4
+EPOCHS = 4  # the killed-worker run
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -114,8 +115,12 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
                                                               mlflow_uri):
     # One restart for the kill, one spare: a CI run on a loaded machine once lost the
     # restarted group's worker as well (not reproduced since); production runs keep 2.
-    cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": 2},
-                      ray={"run_name": "faults-worker", "max_failures": 2},
+    # Four epochs: the kill waits for the first checkpoint to be registered, which the
+    # asynchronous copy can delay past a second 4-step epoch (the kill then landed after
+    # the last report). Every checkpoint is kept, so the final step's is there to check.
+    cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": EPOCHS},
+                      ray={"run_name": "faults-worker", "max_failures": 2,
+                           "keep_checkpoints": EPOCHS},
                       mlflow={"register": False})
     storage, done, killed = Path(cfg.ray.storage_path), threading.Event(), {}
 
@@ -141,11 +146,10 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
 
     run = only_run(mlflow_uri, cfg.mlflow.experiment)
     assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
-    final_step = 2 * STEPS_PER_EPOCH
+    final_step = EPOCHS * STEPS_PER_EPOCH
     assert_resumed_from_checkpoint(loss_history(mlflow_uri, result.mlflow_run_id), killed["ms"],
                                    final_step)
-    # The run's checkpoints (the best by val mIoU are kept, and both of 2 epochs fit)
-    # include the final step: training went on to the end after the restart. And the
+    # The run's checkpoints include the final step: training went on to the end after the restart. And the
     # storage holds only what Ray registered: a kill during the asynchronous copy can
     # leave a partial folder that Ray never reported, which the driver removes.
     run_folder = storage / "faults-worker"
