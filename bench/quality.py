@@ -343,10 +343,11 @@ def weights_digest(cfg) -> str | None:
 # projection head from a fork of the random state (pdml_ray.models.deeplab), so a run
 # with the head draws the same augmentations as the same seed without it. Records from
 # before it (no revision) do not all reproduce, even without the head: point CE, seed 0,
-# 300 steps recorded 57.51 and trains 55.15 today from the same weights. Anything that
-# adds or removes a draw from the global random state before the data loader (model
-# init, a loader's iterator) reshuffles a seed's augmentations; the change that did it
-# there was not found, so no older record is trusted.
+# 300 steps recorded 57.51 and trained 55.15 a sitting later from the same weights. A
+# change that adds or removes a draw from the global random state before the data
+# loader (model init, a loader's iterator) reshuffles a seed's augmentations, and another
+# CPU's vector kernels round differently (benchlib.machine records which ran); which of
+# the two did it there was not found, so no older record is trusted.
 CODE_REVISION = 2
 
 

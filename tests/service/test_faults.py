@@ -149,8 +149,8 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
     final_step = EPOCHS * STEPS_PER_EPOCH
     assert_resumed_from_checkpoint(loss_history(mlflow_uri, result.mlflow_run_id), killed["ms"],
                                    final_step)
-    # The run's checkpoints include the final step: training went on to the end after the restart. And the
-    # storage holds only what Ray registered: a kill during the asynchronous copy can
+    # The run's checkpoints include the final step: training went on to the end after
+    # the restart. And the storage holds only what Ray registered: a kill during the asynchronous copy can
     # leave a partial folder that Ray never reported, which the driver removes.
     run_folder = storage / "faults-worker"
     registered = {entry["checkpoint_dir_name"] for entry in json.loads(
