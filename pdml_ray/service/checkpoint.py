@@ -101,9 +101,9 @@ def checkpoints_to_delete(folders: Iterable[str], recorded: Mapping[str, Mapping
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     folders = sorted(set(folders))
-    usable = [name for name in folders if name in recorded]
     if keep is None:
         return [name for name in folders if name not in recorded]
+    usable = [name for name in folders if name in recorded]
 
     def step(name: str) -> int:
         return int(recorded[name].get("step", -1))
