@@ -1,0 +1,18 @@
+"""Where to click next, and the labelling tools' file formats (pure: numpy and torch).
+
+The labelling loop (``jobs.suggest``, then a labelling tool, then ``jobs.prepare_points
+--import``) reads its pieces from here:
+
+- ``uncertainty``: how unsure the model is at a pixel (top-2 margin, entropy);
+- ``coverage``: how far a pixel's embedding lies from every labelled point of its
+  predicted class;
+- ``clicks``: the discount near clicks an image already has;
+- ``scoring``: one image scored at the working resolution, its candidates per predicted
+  region;
+- ``spread``: the budget spread over regions and images;
+- ``suggestions``, ``label_studio``, ``cvat``, ``tool_import``: the files people and
+  labelling tools read and write.
+
+Submodules are imported where they are used (this file imports none of them): the
+dataset code imports ``tool_import`` without pulling in the model.
+"""
