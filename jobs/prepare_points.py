@@ -1,8 +1,11 @@
 """Write the point labels of a dataset split as Parquet: one point per instance, generated
-from the dense labels, or imported from a CSV/JSON file of clicks.
+from the dense labels, or imported from a file of clicks (a Label Studio or CVAT export,
+or CSV/JSON).
 
     python -m jobs.prepare_points --dataset ade20k --root data/ADEChallengeData2016 \\
         --split train --out data/ade_points_train.parquet --seed 0
+    python -m jobs.prepare_points --dataset synthetic --root data/synthetic --split train \\
+        --import label_studio_export.json --out data/synthetic/points_train.parquet
 
 The split is first checked as ``jobs.check_data`` checks it (every image and label map
 decoded, every problem listed; on Ray tasks for splits of more than --local-below
@@ -31,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="random: any pixel of the instance; center: the pixel farthest "
                              "from its border")
     parser.add_argument("--import", dest="import_path", metavar="FILE",
-                        help="import points from FILE (.csv: image_id,y,x,class_id; .json: "
-                             '{image_id: [{"y","x","cls"}]}) instead of generating them')
+                        help="import points from FILE instead of generating them, told apart "
+                             "by content: a Label Studio JSON export (KeyPointLabels), a CVAT "
+                             "for images 1.1 XML export (<points>), both with class names; or "
+                             "CSV image_id,y,x,class_id, JSON "
+                             '{image_id: [{"y","x","cls"}]} or Parquet with class ids')
     parser.add_argument("--skip-check", action="store_true",
                         help="do not decode every image and label map of the split first")
     add_check_arguments(parser)

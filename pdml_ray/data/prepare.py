@@ -13,7 +13,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .base import SegmentationDataset
-from .points import PointTable, generate_points, read_points, write_points
+from .errors import DataError
+from .io import image_size
+from .points import PointTable, generate_points, write_points
 from .registry import dataset_class
 
 # Table 2 of the paper: labelled pixels per training image.
@@ -52,16 +54,40 @@ def generate_point_table(dataset: SegmentationDataset, *, seed: int = 0,
 
 
 def import_point_table(path: str | os.PathLike, dataset: SegmentationDataset) -> PointTable:
-    """Read a user's points (Parquet, CSV or JSON, see :func:`read_points`) and check them
-    against ``dataset``: known image ids, class range, every point inside its image."""
-    table = read_points(path)
+    """Read a user's points and check them against ``dataset``: known image ids, class
+    range, every point inside its image, and the image sizes a labelling tool recorded.
+
+    The file is told apart by content: a Label Studio JSON export, a CVAT for images 1.1
+    XML export (class names mapped through the dataset's classes), or this project's own
+    Parquet, CSV or JSON (:func:`read_points`).
+    """
+    # Imported here: the labelling package sits above the data package and imports it.
+    from pdml_ray.labelling.tool_import import read_clicks
+
+    table, tool_sizes = read_clicks(path, dataset.classes)
+    dataset.check_points(table)
+    _check_tool_sizes(table.source, tool_sizes, dataset)  # before bounds: it says why
     dataset.check_points(table, bounds=True)
     generation: dict = {"imported_from": Path(path).name}
+    if "format" in table.metadata:
+        generation["format"] = table.metadata["format"]
     if table.duplicates_dropped:
         generation["duplicates_dropped"] = table.duplicates_dropped
     return table.with_metadata({"dataset": dataset.name, "split": dataset.split,
                                 "classes": list(dataset.classes), "num_images": len(dataset),
                                 "generation": generation})
+
+
+def _check_tool_sizes(source: str, sizes: dict[str, tuple[int, int]],
+                      dataset: SegmentationDataset) -> None:
+    """A tool that saw an image at another size placed its points on other pixels."""
+    paths = {record.image_id: record.image_path for record in dataset.all_records}
+    for image_id, seen in sizes.items():
+        actual = image_size(paths[image_id], dataset.max_image_pixels)
+        if seen != actual:
+            raise DataError(source, f"image {image_id}: the labelling tool saw it as "
+                                    f"{seen[1]}x{seen[0]} but it is {actual[1]}x{actual[0]} "
+                                    f"(WxH); its points would land on other pixels")
 
 
 def prepare_points(dataset: str, root: str | os.PathLike, split: str, out: str | os.PathLike, *,
