@@ -48,7 +48,7 @@ import yaml
 
 # Choices that code below the config checks too: named once here, read with
 # typing.get_args where the values are checked (models/, losses/, extension.py).
-Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0"]
 OutputStride = Literal[8, 16]
 Head = Literal["aspp", "linear"]
 Pairing = Literal["paper", "all"]
@@ -124,8 +124,10 @@ class ModelConfig:
     backbone: Backbone = "resnet18"
     output_stride: OutputStride = 8  # the paper's atrous ResNet keeps stride 8
     head: Head = "aspp"  # DeepLab-v2 ASPP, as in the paper
-    # None: random init; a path to a state_dict file; or a torchvision weights name
-    # such as "IMAGENET1K_V1" (downloaded by torchvision on a machine with internet).
+    # None: random init; "imagenet": the backbone's ImageNet weights (efficientnet_lite0's
+    # ship inside a package and load offline; the ResNets' are torchvision's IMAGENET1K_V1,
+    # downloaded on a machine with internet); a path to a state_dict file; or a torchvision
+    # weights name such as "IMAGENET1K_V2".
     pretrained: str | None = None
     # What PDML acts on: "features", the backbone features the classifier reads (the
     # paper), or "projection", a small head of its own, L2-normalised to
@@ -138,6 +140,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.projection_dim >= 1, "model.projection_dim", "must be >= 1")
+        _check(self.pretrained != "", "model.pretrained",
+               "is empty; use null for random init or imagenet for ImageNet weights")
         _check(self.projection_radius > 0, "model.projection_radius", "must be > 0")
 
 

@@ -26,10 +26,13 @@ from torchvision.models import WeightsEnum, get_model_weights, resnet
 from torchvision.models._utils import IntermediateLayerGetter
 
 from pdml_ray.config import Backbone, OutputStride
+from pdml_ray.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pdml_ray.models.efficientnet import LITE0, LITE0_CHANNELS, lite0_backbone
 
 BACKBONES = typing.get_args(Backbone)
 OUTPUT_STRIDES = typing.get_args(OutputStride)
 
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 _BUILDERS = {
     "resnet18": resnet.resnet18,
     "resnet34": resnet.resnet34,
@@ -47,8 +50,11 @@ def check_backbone_args(name: str, output_stride: int) -> None:
 
 
 def embed_channels(name: str) -> int:
-    """Channels D of the layer4 feature map: 512 for resnet18/34, 2048 for resnet50/101."""
+    """Channels D of the backbone's feature map: 512 for resnet18/34, 2048 for
+    resnet50/101, 320 for efficientnet_lite0."""
     check_backbone_args(name, 8)
+    if name == LITE0:
+        return LITE0_CHANNELS
     return 512 if name in ("resnet18", "resnet34") else 2048
 
 
@@ -91,9 +97,13 @@ def resolve_weights(name: str, weights_name: str) -> WeightsEnum | None:
 
     Accepts a member name (``"IMAGENET1K_V1"``), ``"DEFAULT"`` or the qualified form
     (``"ResNet101_Weights.IMAGENET1K_V2"``); returns None when it names none of them.
-    Nothing is downloaded here.
+    Nothing is downloaded here. ``"imagenet"`` names torchvision's IMAGENET1K_V1.
     """
     check_backbone_args(name, 8)
+    if name not in RESNETS:
+        return None
+    if weights_name == "imagenet":
+        weights_name = "IMAGENET1K_V1"
     enum = get_model_weights(name)
     prefix = f"{enum.__name__}."
     member = weights_name[len(prefix):] if weights_name.startswith(prefix) else weights_name
@@ -141,12 +151,20 @@ def load_backbone_weights(backbone: nn.Module, name: str, pretrained: str) -> No
 
 
 def build_backbone(name: str = "resnet101", output_stride: int = 8,
-                   pretrained: str | None = None) -> IntermediateLayerGetter:
-    """The dilated ResNet stem..layer4 as a module returning ``{"out": (B, D, h, w)}``.
+                   pretrained: str | None = None) -> nn.Module:
+    """The dilated backbone as a module returning ``{"out": (B, D, h, w)}``.
 
     ``h = ceil(H / output_stride)``, ``w = ceil(W / output_stride)``; D is
-    :func:`embed_channels` of ``name``. The pooling and fc layers are dropped.
+    :func:`embed_channels` of ``name``. A ResNet is its stem..layer4 (the pooling and fc
+    layers are dropped); efficientnet_lite0 its stem and blocks
+    (:mod:`pdml_ray.models.efficientnet`). ``pretrained="imagenet"`` is each backbone's
+    ImageNet weights: Lite0's ship with the project; the ResNets' are torchvision's,
+    downloaded on first use by a machine with internet access.
     """
+    check_backbone_args(name, output_stride)
+    if name == LITE0:
+        return lite0_backbone(output_stride, pretrained, mean_in=IMAGENET_MEAN,
+                              std_in=IMAGENET_STD)
     backbone = IntermediateLayerGetter(dilated_resnet(name, output_stride),
                                        return_layers={"layer4": "out"})
     if pretrained is not None:
