@@ -3,9 +3,10 @@
 :func:`check_item` decodes one image with its label (and instance) map through the
 dataset's own readers and returns every problem found, instead of raising at the first;
 :func:`check_item_header` reads only the file headers (existence, format, mode, size),
-cheap enough to run over a whole split before workers start. :func:`missing_partners`
-lists every image without a label map (and the reverse) when the split cannot even be
-listed. No Ray here: ``pdml_ray.service.data_check`` spreads the items over tasks.
+cheap enough to run over a whole split before workers start; a size mismatch that an
+EXIF orientation explains says so there too. :func:`missing_partners` lists every image
+without a label map (and the reverse) when the split cannot even be listed. No Ray
+here: ``pdml_ray.service.data_check`` spreads the items over tasks.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PIL import Image
 
 from .base import IMAGE_SUFFIXES, LABEL_SUFFIX, SPLIT_FOLDERS, SegmentationDataset
 from .errors import DataError
-from .io import LABEL_MODES, file_problem, image_size
+from .io import LABEL_MODES, exif_turn_note, file_problem, image_size
 from .pascal_context import LABEL_FOLDER, SPLIT_FILES, PascalContextDataset, read_split_list
 
 
@@ -107,9 +108,12 @@ def check_item_header(dataset: SegmentationDataset, index: int) -> list[FileProb
     for name, path in (("label", record.label_path), ("instances", record.instance_path)):
         if "image" in sizes and name in sizes and sizes[name] != sizes["image"]:
             what = "label map" if name == "label" else "instance map"
-            problems.append(FileProblem(str(path), f"{what} is {sizes[name][0]}x{sizes[name][1]}"
-                                                   f" but image {record.image_path.name} is "
-                                                   f"{sizes['image'][0]}x{sizes['image'][1]} (HxW)"))
+            (height, width), (image_h, image_w) = sizes[name], sizes["image"]
+            problems.append(FileProblem(str(path), f"{what} is {height}x{width} but image "
+                                                   f"{record.image_path.name} is {image_h}x"
+                                                   f"{image_w} (HxW)" + exif_turn_note(
+                                                       record.image_path, sizes["image"],
+                                                       sizes[name])))
     return problems
 
 

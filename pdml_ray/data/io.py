@@ -171,6 +171,22 @@ def exif_orientation(path: str | os.PathLike) -> int:
         return 1
 
 
+def exif_turn_note(image_path: str | os.PathLike, image_hw: tuple[int, int],
+                   label_hw: tuple[int, int]) -> str:
+    """What to add to a size mismatch between an image of ``image_hw`` ``(H, W)`` stored
+    pixels and a label map of ``label_hw``: when the image's EXIF orientation turns it by
+    90 degrees and the label map has the turned size, ``"; the image carries EXIF
+    orientation 6, ..."`` (the label map was drawn on what a viewer shows); else ``""``."""
+    orientation = exif_orientation(image_path)
+    (height, width), turned = image_hw, tuple(label_hw) == tuple(image_hw)[::-1]
+    if orientation not in (5, 6, 7, 8) or not turned:
+        return ""
+    return (f"; the image carries EXIF orientation {orientation}, so viewers show it turned "
+            f"by 90 degrees ({width}x{height}) while its stored pixels are not: label the "
+            f"stored pixels, or save the image with the rotation applied "
+            f"(PIL.ImageOps.exif_transpose)")
+
+
 def check_output_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
     """Raise DataError unless ``path`` is a folder, or can be made one, that this process
     can write into. Creates nothing (a probe file is written and removed in the nearest

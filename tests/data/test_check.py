@@ -76,6 +76,40 @@ def test_headers_find_mode_and_size_but_not_bodies_or_values(broken):
     ]
 
 
+def exif_turned(root: Path, index: int) -> tuple[Path, Path]:
+    """Item ``index`` as a phone leaves it: the photo stored 24x32 (HxW) with EXIF
+    orientation 6 (viewers show it 32x24), its label and instance maps drawn on the
+    turned view. Returns the label and instance map paths."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((24, SIZE, 3), np.uint8)).save(file(root, "image", index), exif=exif)
+    for kind in ("label", "instances"):
+        values = np.array(Image.open(file(root, kind, index)))
+        Image.fromarray(values[:, :24]).save(file(root, kind, index))
+    return file(root, "label", index), file(root, "instances", index)
+
+
+def test_headers_say_when_an_exif_orientation_explains_a_size_mismatch(synthetic_root,
+                                                                        tmp_path):
+    root = tmp_path / "scenes"
+    shutil.copytree(synthetic_root, root)
+    label, instances = exif_turned(root, 2)
+    note = ("(HxW); the image carries EXIF orientation 6, so viewers show it turned by 90 "
+            "degrees (32x24) while its stored pixels are not: label the stored pixels, or save "
+            "the image with the rotation applied (PIL.ImageOps.exif_transpose)")
+    data = SyntheticDataset(root, "train")
+    assert [tuple(p) for p in check_item_header(data, 2)] == [
+        (str(label), f"label map is 32x24 but image synthetic_train_00002.jpg is 24x32 {note}"),
+        (str(instances), f"instance map is 32x24 but image synthetic_train_00002.jpg is 24x32 "
+                         f"{note}")]
+    # The header check and the decoding check (the dataset's own message) say the same.
+    assert check_item(data, 2)[0] == check_item_header(data, 2)[0]
+    # A mismatch the orientation does not explain says nothing of it.
+    Image.open(label).resize((20, 32), Image.NEAREST).save(label)
+    assert check_item_header(data, 2)[0].problem == ("label map is 32x20 but image "
+                                                     "synthetic_train_00002.jpg is 24x32 (HxW)")
+
+
 def test_missing_partners_are_all_listed(synthetic_root, tmp_path):
     root = tmp_path / "scenes"
     shutil.copytree(synthetic_root, root)

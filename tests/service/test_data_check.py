@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from pdml_ray.config import dump_config
 from pdml_ray.data import DataError, ensure_synthetic, generate_scenes
 from pdml_ray.service.data_check import as_data_error, check_split
 from pdml_ray.service.driver import prepare_data
-from tests.helpers import only_run, tiny_config
+from tests.helpers import job_env, only_run, run_job, tiny_config
 
 
 def train_file(root: Path, kind: str, index: int) -> Path:
@@ -60,6 +61,38 @@ def test_training_reads_every_header_before_workers_start(tmp_path, mlflow_uri):
         f"(mode L, P, I;16, I;16L, I;16B, I) (and 1 more; list them all with `python -m "
         f"jobs.check_data --dataset synthetic --root {root} --split train`)")
     assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.ray
+def test_jobs_train_says_when_an_exif_orientation_explains_a_size_mismatch(tmp_path,
+                                                                           job_tmpdir):
+    """A phone photo stored 36x48 (HxW) with EXIF orientation 6 (viewers show it 48x36),
+    its label and instance maps drawn on the turned view: the header check before any
+    worker starts says why the sizes differ, not only that they do."""
+    cfg = tiny_config(tmp_path, tmp_path / "synthetic", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                      mlflow={"register": False})
+    ensure_synthetic(cfg.data)
+    root = Path(cfg.data.root)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((36, 48, 3), np.uint8)).save(train_file(root, "image", 1), exif=exif)
+    label = train_file(root, "label", 1)
+    for path in (label, root / "instances" / "training" / label.name):
+        Image.fromarray(np.array(Image.open(path))[:, :36]).save(path)
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(dump_config(cfg))
+
+    job = run_job("jobs.train", "--config", str(config_file), "--project-dir", str(tmp_path),
+                  env=job_env(job_tmpdir), timeout_s=600)
+    assert job.returncode == 2, job.stderr[-3000:]
+    assert "Traceback" not in job.stderr
+    assert [line for line in job.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: {label}: label map is 48x36 but image synthetic_train_00001.jpg is 36x48 "
+        "(HxW); the image carries EXIF orientation 6, so viewers show it turned by 90 degrees "
+        "(48x36) while its stored pixels are not: label the stored pixels, or save the image "
+        "with the rotation applied (PIL.ImageOps.exif_transpose) (and 1 more; list them all "
+        f"with `python -m jobs.check_data --dataset synthetic --root {root} --split train`)"]
+    assert not (tmp_path / "ray_results").exists()  # no worker started
 
 
 @pytest.mark.ray
