@@ -212,12 +212,38 @@ def check_output_folder(path: str | os.PathLike, what: str = "the output folder"
     return path
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux tells it
+    (``/proc/self/status``); elsewhere set and put back at once."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_of_replaced(path: Path, default: int) -> int:
+    """The permission bits a file written to ``path`` by ``open()`` would have: those of
+    the file already there, else ``default`` less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return default & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path``.
 
     On an exception the temporary file is removed and an existing ``path`` is left as it
-    was: readers never see a half-written file.
+    was: readers never see a half-written file. The file gets the mode a plain ``open()``
+    would give it (an existing file's own, else ``0666`` less the umask), not the
+    owner-only mode of a temporary file: teammates on a shared filesystem can read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +251,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _mode_of_replaced(path, 0o666))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -238,13 +265,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
     Several processes may race to create the same folder: exactly one rename wins, the
     others raise :class:`FileExistsError` (their temporary folders are removed). An
-    existing empty ``path`` is replaced; a non-empty one is never touched.
+    existing empty ``path`` is replaced; a non-empty one is never touched. The folder gets
+    the mode ``os.mkdir`` would give it (``0777`` less the umask), not ``mkdtemp``'s 0700.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~current_umask())  # as os.mkdir would, not mkdtemp's 0700
         try:
             os.rename(tmp, path)
         except OSError as exc:

@@ -86,6 +86,48 @@ def test_atomic_directory_loses_a_race_cleanly(tmp_path):
     assert os.listdir(empty) == ["a"]
 
 
+@pytest.fixture
+def umask():
+    """Set the process umask for one test: ``umask(0o022)``; the old one is put back."""
+    before = os.umask(0o022)
+    yield os.umask
+    os.umask(before)
+
+
+def mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_atomic_files_and_folders_get_the_modes_open_and_mkdir_would_give(tmp_path, umask):
+    """Not the owner-only modes of their temporary files: under umask 022 teammates on a
+    shared filesystem can read them."""
+    with atomic_file(tmp_path / "new.txt") as tmp:
+        tmp.write_text("x")
+    with atomic_directory(tmp_path / "folder") as tmp:
+        (tmp / "a").write_text("a")
+    assert (mode(tmp_path / "new.txt"), mode(tmp_path / "folder")) == (0o644, 0o755)
+    umask(0o077)
+    with atomic_file(tmp_path / "private.txt") as tmp:
+        tmp.write_text("x")
+    with atomic_directory(tmp_path / "private") as tmp:
+        pass
+    assert (mode(tmp_path / "private.txt"), mode(tmp_path / "private")) == (0o600, 0o700)
+    # An existing file keeps its own mode, as open(path, "w") keeps it.
+    (tmp_path / "shared.txt").write_text("old")
+    os.chmod(tmp_path / "shared.txt", 0o664)
+    with atomic_file(tmp_path / "shared.txt") as tmp:
+        tmp.write_text("new")
+    assert mode(tmp_path / "shared.txt") == 0o664
+
+
+def test_the_umask_is_read_without_being_changed(umask):
+    from pdml_ray.data.io import current_umask
+
+    umask(0o027)
+    assert current_umask() == 0o027
+    assert os.umask(0o027) == 0o027  # still in force
+
+
 def test_data_error_names_the_source_and_survives_pickling():
     import pickle
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,30 @@ def test_prepare_points_generates_from_instance_maps(made, tmp_path):
     data = SyntheticDataset(out, "train")
     for index, image_id in enumerate(data.image_ids):
         assert len(table.for_image(image_id)) == data.load_instances(index).max()
+
+
+def test_imported_duplicates_are_counted_in_the_points_file(made, tmp_path):
+    """What jobs.prepare_points says it dropped is in the file too (``generation``
+    metadata), and the file is readable by others under umask 022 like any file open()
+    writes, not owner-only like the temporary file it was written to first."""
+    out, _ = made
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("image_id,y,x,class_id\n" + "synthetic_train_00000,3,4,1\n" * 2
+                      + "synthetic_train_00001,5,6,2\n" * 3 + "synthetic_train_00002,7,8,3\n")
+    points_file = tmp_path / "points_train.parquet"
+    before = os.umask(0o022)  # inherited by the job
+    try:
+        result = run_job("jobs.prepare_points", "--dataset", "synthetic", "--root", str(out),
+                         "--out", str(points_file), "--import", str(clicks))
+    finally:
+        os.umask(before)
+    assert result.returncode == 0, result.stderr
+    assert "3 exact duplicate point(s) dropped" in result.stdout
+    table = read_points(points_file)
+    assert table.metadata["generation"] == {"imported_from": "clicks.csv",
+                                            "duplicates_dropped": 3}
+    assert table.num_points == 3
+    assert points_file.stat().st_mode & 0o777 == 0o644
 
 
 def test_prepare_points_imports_and_rejects_points_outside_images(made, tmp_path):

@@ -157,6 +157,19 @@ def test_ensure_synthetic_generates_once_with_points(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["syn"]  # no temporary folders left
 
 
+def test_generated_scenes_are_readable_by_others_under_umask_022(tmp_path):
+    """The folder is renamed from a temporary one (mkdtemp: 0700) and the points file from
+    a temporary file (mkstemp: 0600); both get what mkdir and open would give them."""
+    before = os.umask(0o022)
+    try:
+        root = ensure_synthetic(small_config(tmp_path / "syn"))
+    finally:
+        os.umask(before)
+    modes = {path.relative_to(tmp_path).as_posix(): path.stat().st_mode & 0o777
+             for path in (root, root / "points_train.parquet", root / "classes.json")}
+    assert modes == {"syn": 0o755, "syn/points_train.parquet": 0o644, "syn/classes.json": 0o644}
+
+
 def test_ensure_synthetic_points_elsewhere_and_settings_mismatch(tmp_path):
     elsewhere = tmp_path / "pts" / "p.parquet"
     ensure_synthetic(small_config(tmp_path / "syn", points_file=str(elsewhere)))

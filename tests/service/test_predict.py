@@ -109,9 +109,13 @@ def test_predict_here_on_mixed_images_reports_the_bad_one(registered, tmp_path):
     save(photos / "palette.png", rgb(*sizes["palette"], seed=3), "P")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 half a jpeg")
     out = tmp_path / "out"
-    result = run_job("jobs.predict", "--model", "models:/pdml-scene-parser@champion",
-                     "--input", str(photos), "--out", str(out), "--tile", "32", "--flip",
-                     "--set", f"mlflow.tracking_uri={registered}")
+    before = os.umask(0o022)  # inherited by the job
+    try:
+        result = run_job("jobs.predict", "--model", "models:/pdml-scene-parser@champion",
+                         "--input", str(photos), "--out", str(out), "--tile", "32", "--flip",
+                         "--set", f"mlflow.tracking_uri={registered}")
+    finally:
+        os.umask(before)
     assert result.returncode == 1, result.stderr
     assert f"error: {photos / 'broken.jpg'}: " in result.stderr
     assert f"1 failed: {photos / 'broken.jpg'}" in result.stderr
@@ -121,6 +125,8 @@ def test_predict_here_on_mixed_images_reports_the_bad_one(registered, tmp_path):
         check_outputs(out, stem, size)
     assert sorted(path.name for path in out.iterdir()) == sorted(
         f"{stem}_{kind}.png" for stem in sizes for kind in ("classes", "overlay"))  # no temp files
+    # Readable by others, as open() would write them (not their temporary files' 0600).
+    assert {path.stat().st_mode & 0o777 for path in out.iterdir()} == {0o644}
 
 
 @pytest.mark.ray
