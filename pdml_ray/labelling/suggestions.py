@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import astuple, dataclass
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
 
 from pdml_ray.data.errors import DataError
 from pdml_ray.data.io import atomic_file
+
+from .candidates import Candidates
+from .spread import spread_budget
 
 CSV_COLUMNS = ("image_id", "y", "x", "suggested_class", "score")
 
@@ -54,5 +59,18 @@ def read_suggestions_csv(path: str | os.PathLike) -> list[Suggestion]:
         raise DataError(path, f"cannot read suggestions: {exc}") from None
 
 
-def as_rows(suggestions: Iterable[Suggestion]) -> list[tuple]:
-    return [astuple(s) for s in suggestions]
+def pick_suggestions(image_ids: Sequence[str], candidates: Candidates, budget: int,
+                     classes: Sequence[str]) -> list[Suggestion]:
+    """The budget spread over the candidates of many images (:func:`spread_budget`),
+    as suggestions in pick order.
+
+    Args:
+        image_ids: ``(K,)`` the image of each candidate.
+        candidates: the candidates of all images, concatenated.
+        classes: the dataset's class names, for the suggested class.
+    """
+    image_ids = np.asarray(image_ids, dtype=object)
+    picks = spread_budget(image_ids, candidates.tier, candidates.score, budget)
+    return [Suggestion(str(image_ids[i]), int(candidates.y[i]), int(candidates.x[i]),
+                       classes[int(candidates.predicted_class[i])], float(candidates.score[i]))
+            for i in picks]
