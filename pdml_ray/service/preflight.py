@@ -10,10 +10,11 @@ with one line that names what to change.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import ray
 from ray._private import state as ray_state  # as Ray Train reads the autoscaler's maximum
@@ -49,6 +50,37 @@ def requested_resources(cfg: Config) -> dict[str, float]:
     return need
 
 
+def worker_bundle(cfg: Config) -> dict[str, float]:
+    """What one Train worker holds, all of it on one node: ``{"CPU": ..., "GPU": 1}``."""
+    return {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1.0} if cfg.ray.use_gpu else {})}
+
+
+def workers_that_fit(nodes: Sequence[Mapping[str, float]], bundle: Mapping[str, float]) -> int:
+    """How many workers of ``bundle`` the ``nodes`` (each node's resources) hold at most,
+    a worker's resources all on one node: per node, the fewest of its resources divided
+    by what a worker asks of each, rounded down; summed over the nodes."""
+    def on_node(node: Mapping[str, float]) -> int:
+        counts = [math.floor(node.get(key, 0.0) / amount + 1e-9)
+                  for key, amount in bundle.items() if amount > 0]
+        return min(counts) if counts else 0
+
+    return sum(on_node(node) for node in nodes)
+
+
+def cluster_total(nodes: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Each resource summed over the nodes (what ``ray.cluster_resources()`` says)."""
+    total: dict[str, float] = {}
+    for node in nodes:
+        for key, amount in node.items():
+            total[key] = total.get(key, 0.0) + amount
+    return total
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """The total resources of each alive node of the connected Ray cluster."""
+    return [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
+
+
 def _shortfall(cfg: Config, have: Mapping[str, float], where: str) -> str | None:
     need = requested_resources(cfg)
     workers = cfg.ray.num_workers
@@ -62,6 +94,31 @@ def _shortfall(cfg: Config, have: Mapping[str, float], where: str) -> str | None
                 f"= {need['GPU']:g} GPUs, but {where} {have.get('GPU', 0.0):g} GPUs; lower "
                 "ray.num_workers, or use a cluster with more GPUs")
     return None
+
+
+def _node_shortfall(cfg: Config, nodes: Sequence[Mapping[str, float]], where: str
+                    ) -> str | None:
+    """The cluster's totals first; then whether the workers fit node by node (a worker's
+    CPUs and GPU are on one node: two 3-CPU nodes hold no 4-CPU worker)."""
+    problem = _shortfall(cfg, cluster_total(nodes), f"{where} has")
+    if problem:
+        return problem
+    bundle = worker_bundle(cfg)
+    fit = workers_that_fit(nodes, bundle)
+    if fit >= cfg.ray.num_workers:
+        return None
+    if cfg.ray.use_gpu:
+        held = "CPUs and GPU"
+        sizes = ", ".join(f"{node.get('CPU', 0.0):g} CPUs {node.get('GPU', 0.0):g} GPUs"
+                          for node in nodes)
+    else:
+        held = "CPUs"
+        sizes = ", ".join(f"{node.get('CPU', 0.0):g}" for node in nodes) + " CPUs"
+    return (f"ray.num_workers x ray.cpus_per_worker: the run asks for {cfg.ray.num_workers} "
+            f"workers x {bundle['CPU']:g} CPU, and a worker's {held} must be on one node, but "
+            f"{where} has {len(nodes)} node(s) of {sizes}, which hold {fit} such worker(s); "
+            "lower ray.cpus_per_worker or ray.num_workers (and train.batch_size with it), or "
+            "use bigger nodes")
 
 
 def autoscaler_maximum() -> dict[str, float] | None:
@@ -83,29 +140,32 @@ def schedule_timeout_s() -> float:
     return value
 
 
-def check_schedulable(cfg: Config, *, total: Callable[[], Mapping[str, float]] | None = None,
+def check_schedulable(cfg: Config, *,
+                      nodes: Callable[[], Sequence[Mapping[str, float]]] | None = None,
                       maximum: Mapping[str, float] | None | bool = False,
                       timeout_s: float | None = None, poll_s: float = POLL_S,
                       sleep: Callable[[float], None] = time.sleep) -> None:
     """Raise :class:`ClusterTooSmall` unless the cluster can hold the run's workers.
 
-    On a fixed cluster the total resources are compared at once. An autoscaling cluster
-    is refused at once when even its maximum is too small; otherwise its nodes are asked
-    for and awaited for up to $PDML_SCHEDULE_TIMEOUT_S (default 600 s). ``total``,
-    ``maximum`` (False: read from Ray) and ``sleep`` are for tests.
+    On a fixed cluster the nodes are compared at once: the cluster's totals, then node by
+    node, since each worker's CPUs (and GPU) are on one node. An autoscaling cluster is
+    refused at once when even its maximum (a total over the node types) is too small;
+    otherwise its nodes are asked for and awaited for up to $PDML_SCHEDULE_TIMEOUT_S
+    (default 600 s). ``nodes`` (each alive node's resources), ``maximum`` (False: read
+    from Ray) and ``sleep`` are for tests.
     """
-    total = total or ray.cluster_resources
+    nodes = nodes or alive_nodes
     if maximum is False:
         maximum = autoscaler_maximum()
     if maximum is None:
-        problem = _shortfall(cfg, total(), "the Ray cluster (fixed size, no autoscaler) has")
+        problem = _node_shortfall(cfg, nodes(), "the Ray cluster (fixed size, no autoscaler)")
         if problem:
             raise ClusterTooSmall(problem)
         return
     problem = _shortfall(cfg, maximum, "the autoscaler can bring up at most")
     if problem:
         raise ClusterTooSmall(problem)
-    if _shortfall(cfg, total(), "") is None:
+    if _node_shortfall(cfg, nodes(), "") is None:
         return
     timeout_s = schedule_timeout_s() if timeout_s is None else timeout_s
     _request_nodes(cfg)
@@ -114,13 +174,13 @@ def check_schedulable(cfg: Config, *, total: Callable[[], Mapping[str, float]] |
     waited = 0.0
     try:
         while True:
-            have = total()
-            if _shortfall(cfg, have, "") is None:
+            have = nodes()
+            if _node_shortfall(cfg, have, "") is None:
                 return
             if waited >= timeout_s:
-                raise ClusterTooSmall(_shortfall(
+                raise ClusterTooSmall(_node_shortfall(
                     cfg, have, f"after {waited:.0f} s ({SCHEDULE_TIMEOUT_ENV}) the autoscaling "
-                               "cluster still has"))
+                               "cluster still"))
             sleep(poll_s)
             waited += poll_s
     finally:
@@ -134,8 +194,7 @@ def _request_nodes(cfg: Config | None) -> None:
     if cfg is None:
         request_resources(bundles=[])
         return
-    bundle = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1} if cfg.ray.use_gpu else {})}
-    request_resources(bundles=[bundle] * cfg.ray.num_workers)
+    request_resources(bundles=[worker_bundle(cfg)] * cfg.ray.num_workers)
 
 
 # -- resumes ---------------------------------------------------------------------------

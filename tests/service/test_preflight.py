@@ -18,8 +18,9 @@ def cfg(tmp_path, mlflow_uri):
     return tiny_config(tmp_path, tmp_path / "synthetic", mlflow_uri)
 
 
-def fixed(resources):
-    return dict(total=lambda: resources, maximum=None)
+def fixed(*nodes):
+    """A fixed cluster (no autoscaler) of these nodes, each given by its resources."""
+    return dict(nodes=lambda: list(nodes), maximum=None)
 
 
 # -- resources ---------------------------------------------------------------------------
@@ -43,11 +44,58 @@ def test_gpus_are_counted_one_per_worker(cfg):
     check_schedulable(cfg, **fixed({"CPU": 8.0, "GPU": 2.0}))
 
 
+def test_workers_fit_node_by_node():
+    """A worker's resources are all on one node; each node holds the fewest of its
+    resources over what a worker asks of each, rounded down."""
+    assert preflight.workers_that_fit([{"CPU": 3.0}, {"CPU": 3.0}], {"CPU": 4.0}) == 0
+    assert preflight.workers_that_fit([{"CPU": 3.0}, {"CPU": 5.0}], {"CPU": 2.0}) == 3
+    assert preflight.workers_that_fit([{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0}],
+                                      {"CPU": 2.0, "GPU": 1.0}) == 1
+    assert preflight.workers_that_fit([{"CPU": 0.9}, {"CPU": 0.3}], {"CPU": 0.3}) == 4
+    assert preflight.workers_that_fit([], {"CPU": 1.0}) == 0
+
+
+def test_a_worker_larger_than_every_node_is_refused_though_the_total_suffices(cfg):
+    one_big = cfg.replace(**{"ray.num_workers": 1, "ray.cpus_per_worker": 4.0,
+                             "train.batch_size": 4})
+    with pytest.raises(ClusterTooSmall) as refused:
+        check_schedulable(one_big, **fixed({"CPU": 3.0}, {"CPU": 3.0}))
+    assert str(refused.value) == (
+        "ray.num_workers x ray.cpus_per_worker: the run asks for 1 workers x 4 CPU, and a "
+        "worker's CPUs must be on one node, but the Ray cluster (fixed size, no autoscaler) "
+        "has 2 node(s) of 3, 3 CPUs, which hold 0 such worker(s); lower ray.cpus_per_worker or "
+        "ray.num_workers (and train.batch_size with it), or use bigger nodes")
+    check_schedulable(one_big, **fixed({"CPU": 3.0}, {"CPU": 4.0}))
+    three = cfg.replace(**{"ray.num_workers": 3, "ray.cpus_per_worker": 2.0,
+                           "train.batch_size": 3})
+    with pytest.raises(ClusterTooSmall, match=r"has 2 node\(s\) of 3, 3 CPUs, which hold 2 "):
+        check_schedulable(three, **fixed({"CPU": 3.0}, {"CPU": 3.0}))
+    gpus = cfg.replace(**{"ray.use_gpu": True})
+    with pytest.raises(ClusterTooSmall, match=r"a worker's CPUs and GPU must be on one node, "
+                                              r"but .* has 2 node\(s\) of 8 CPUs 0 GPUs, 0 CPUs "
+                                              r"2 GPUs, which hold 0 such worker"):
+        check_schedulable(gpus, **fixed({"CPU": 8.0}, {"CPU": 0.0, "GPU": 2.0}))
+    check_schedulable(gpus, **fixed({"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}))
+
+
+def test_autoscaling_cluster_is_awaited_until_the_workers_fit_node_by_node(cfg, monkeypatch):
+    monkeypatch.setattr(preflight, "_request_nodes", lambda c: None)
+    one_big = cfg.replace(**{"ray.num_workers": 1, "ray.cpus_per_worker": 4.0,
+                             "train.batch_size": 4})
+    two_small = [{"CPU": 3.0}, {"CPU": 3.0}]
+    clusters = iter([two_small, two_small, [*two_small, {"CPU": 8.0}]])
+    sleeps = []
+    check_schedulable(one_big, nodes=lambda: next(clusters), maximum={"CPU": 64.0},
+                      sleep=sleeps.append, timeout_s=600, poll_s=5.0)
+    assert sleeps == [5.0]  # 6 CPUs in two nodes were not enough; the 8-CPU node was
+    assert next(clusters, None) is None
+
+
 def test_autoscaler_maximum_too_small_is_refused_without_waiting(cfg):
     cfg = cfg.replace(**{"ray.cpus_per_worker": 8.0})
     with pytest.raises(ClusterTooSmall, match=r"= 16 CPUs, but the autoscaler can bring up at "
                                               r"most 12 CPUs;"):
-        check_schedulable(cfg, total=lambda: {"CPU": 4.0}, maximum={"CPU": 12.0},
+        check_schedulable(cfg, nodes=lambda: [{"CPU": 4.0}], maximum={"CPU": 12.0},
                           sleep=pytest.fail)
 
 
@@ -57,7 +105,7 @@ def test_autoscaling_cluster_is_awaited_then_given_up_on(cfg, monkeypatch):
     monkeypatch.setenv(preflight.SCHEDULE_TIMEOUT_ENV, "12")
     sleeps = []
     with pytest.raises(ClusterTooSmall) as refused:
-        check_schedulable(cfg, total=lambda: {"CPU": 1.0}, maximum={"CPU": 64.0},
+        check_schedulable(cfg, nodes=lambda: [{"CPU": 1.0}], maximum={"CPU": 64.0},
                           sleep=sleeps.append, poll_s=5.0)
     assert str(refused.value).startswith(
         "ray.num_workers x ray.cpus_per_worker: the run asks for 2 workers x 1 CPU = 2 CPUs, "
@@ -69,7 +117,7 @@ def test_autoscaling_cluster_is_awaited_then_given_up_on(cfg, monkeypatch):
 def test_autoscaling_cluster_that_grows_in_time_is_accepted(cfg, monkeypatch):
     monkeypatch.setattr(preflight, "_request_nodes", lambda c: None)
     sizes = iter([1.0, 1.0, 1.0, 2.0])
-    check_schedulable(cfg, total=lambda: {"CPU": next(sizes)}, maximum={"CPU": 64.0},
+    check_schedulable(cfg, nodes=lambda: [{"CPU": next(sizes)}], maximum={"CPU": 64.0},
                       sleep=lambda s: None, timeout_s=600)
     assert next(sizes, None) is None
 
