@@ -5,7 +5,8 @@ or CSV/JSON).
     python -m jobs.prepare_points --dataset ade20k --root data/ADEChallengeData2016 \\
         --split train --out data/ade_points_train.parquet --seed 0
     python -m jobs.prepare_points --dataset synthetic --root data/synthetic --split train \\
-        --import label_studio_export.json --out data/synthetic/points_train.parquet
+        --import data/synthetic/points_train.parquet --import label_studio_export.json \\
+        --out data/synthetic/points_round1.parquet
 
 The split is first checked as ``jobs.check_data`` checks it (every image and label map
 decoded, every problem listed; on Ray tasks for splits of more than --local-below
@@ -33,12 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="random", choices=STRATEGIES,
                         help="random: any pixel of the instance; center: the pixel farthest "
                              "from its border")
-    parser.add_argument("--import", dest="import_path", metavar="FILE",
+    parser.add_argument("--import", dest="import_paths", metavar="FILE", action="append",
                         help="import points from FILE instead of generating them, told apart "
                              "by content: a Label Studio JSON export (KeyPointLabels), a CVAT "
                              "for images 1.1 XML export (<points>), both with class names; or "
                              "CSV image_id,y,x,class_id, JSON "
-                             '{image_id: [{"y","x","cls"}]} or Parquet with class ids')
+                             '{image_id: [{"y","x","cls"}]} or Parquet with class ids. '
+                             "Repeat it to merge files (the clicks you had and a labelling "
+                             "round's)")
     parser.add_argument("--skip-check", action="store_true",
                         help="do not decode every image and label map of the split first")
     add_check_arguments(parser)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table, dataset = prepare_points(args.dataset, args.root, args.split, args.out,
                                         seed=args.seed, strategy=args.strategy,
-                                        import_path=args.import_path)
+                                        import_path=args.import_paths)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -90,17 +91,43 @@ def _check_tool_sizes(source: str, sizes: dict[str, tuple[int, int]],
                                     f"(WxH); its points would land on other pixels")
 
 
+def merge_imports(tables: Sequence[PointTable], dataset: SegmentationDataset) -> PointTable:
+    """Several imported tables as one (the clicks a split had, and a labelling round's):
+    exact repeats are dropped; one pixel given two classes by two files is refused."""
+    if len(tables) == 1:
+        return tables[0]
+    rows: dict[str, list[np.ndarray]] = {}
+    for table in tables:
+        for image_id in table.image_ids:
+            rows.setdefault(image_id, []).append(table.for_image(image_id))
+    sources = [Path(table.source).name for table in tables]
+    merged = PointTable({k: np.concatenate(v) for k, v in rows.items()}, source=" + ".join(
+        table.source for table in tables))
+    dropped = merged.duplicates_dropped + sum(t.duplicates_dropped for t in tables)
+    generation: dict = {"imported_from": sources}
+    if dropped:
+        generation["duplicates_dropped"] = dropped
+    merged = merged.with_metadata({"dataset": dataset.name, "split": dataset.split,
+                                   "classes": list(dataset.classes), "num_images": len(dataset),
+                                   "generation": generation})
+    merged.duplicates_dropped = dropped  # what describe_points reports
+    return merged
+
+
 def prepare_points(dataset: str, root: str | os.PathLike, split: str, out: str | os.PathLike, *,
                    seed: int = 0, strategy: str = "random",
-                   import_path: str | os.PathLike | None = None,
+                   import_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                    progress: bool = True) -> tuple[PointTable, SegmentationDataset]:
     """Generate (or import) the points of a split and write them as Parquet to ``out``.
+
+    ``import_path``: one file, or several whose points are merged (:func:`merge_imports`).
 
     Returns the table as written and the dataset it belongs to.
     """
     data = dataset_class(dataset)(root, split)
     if import_path is not None:
-        table = import_point_table(import_path, data)
+        paths = [import_path] if isinstance(import_path, (str, os.PathLike)) else import_path
+        table = merge_imports([import_point_table(path, data) for path in paths], data)
     else:
         table = generate_point_table(data, seed=seed, strategy=strategy, progress=progress)
     return write_points(out, table), data

@@ -159,3 +159,35 @@ def test_the_project_s_own_files_still_import(scenes, tmp_path):
                                   import_path=tmp_path / name, progress=False)
         assert table.for_image(first).tolist() == [row]
         assert table.metadata["generation"] == {"imported_from": name}
+
+
+def test_repeated_imports_merge_the_clicks_a_split_had_with_a_round_s(scenes, tmp_path):
+    ids = SyntheticDataset(scenes, "train").image_ids
+    had = tmp_path / "points_train.parquet"
+    write_points(had, [(ids[0], 1, 1, 0), (ids[1], 2, 2, 1)])
+    export = tmp_path / "annotations.xml"
+    export.write_bytes(cvat_export(f"{ids[0]}.jpg", SCENE_SIZE, SCENE_SIZE, "5.5,6.5;1.2,1.7",
+                                   "sky"))  # (1.2, 1.7) is pixel (1, 1): sky again, a repeat
+    out = tmp_path / "round1.parquet"
+    result = run_prepare("--dataset", "synthetic", "--root", str(scenes), "--split", "train",
+                         "--out", str(out), "--import", str(had), "--import", str(export),
+                         "--skip-check")
+    assert result.returncode == 0, result.stderr
+    table = read_points(out)
+    assert table.for_image(ids[0]).tolist() == [[1, 1, 0], [6, 5, 0]]
+    assert table.for_image(ids[1]).tolist() == [[2, 2, 1]]
+    assert table.metadata["generation"] == {"imported_from": [had.name, export.name],
+                                            "duplicates_dropped": 1}
+    assert "3 points in 4 train images" in result.stdout and "1 exact duplicate" in result.stdout
+
+
+def test_two_files_giving_one_pixel_two_classes_are_refused(scenes, tmp_path):
+    first = SyntheticDataset(scenes, "train").image_ids[0]
+    had = tmp_path / "points_train.parquet"
+    write_points(had, [(first, 6, 5, 2)])
+    export = tmp_path / "annotations.xml"
+    export.write_bytes(cvat_export(f"{first}.jpg", SCENE_SIZE, SCENE_SIZE, "5.5,6.5", "sky"))
+    with pytest.raises(DataError, match=rf"{had} \+ {export}: image {first}: pixel \(y=6, x=5\) "
+                                        rf"is labelled with two classes, 0 and 2"):
+        prepare_points("synthetic", scenes, "train", tmp_path / "p.parquet",
+                       import_path=[had, export], progress=False)
