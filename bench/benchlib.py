@@ -133,19 +133,21 @@ def bench_config(args: argparse.Namespace, settings: Mapping[str, Any], *, exper
         **settings})
     cfg = apply_overrides(cfg, args.overrides)
     root_given = any(item.partition("=")[0].strip() == "data.root" for item in args.overrides)
-    if cfg.data.dataset == "synthetic" and not root_given and not args.config:
+    if cfg.data.dataset.startswith("synthetic") and not root_given and not args.config:
         d = cfg.data
+        version = "" if d.dataset == "synthetic" else "v2-"
         cfg = cfg.replace(**{"data.root": str(
-            RESULTS / "scenes" / f"synthetic-{d.synthetic_train}-{d.synthetic_val}-"
-                                 f"{d.synthetic_size}px-seed{d.synthetic_seed}")})
+            RESULTS / "scenes" / f"synthetic-{version}{d.synthetic_train}-{d.synthetic_val}-"
+                                 f"{d.synthetic_test}-{d.synthetic_size}px-seed{d.synthetic_seed}-"
+                                 f"test{d.synthetic_test_seed}")})
     return resolve_paths(cfg, REPO)
 
 
 def describe_config(cfg, *, supervision: bool = True, mining: bool = True) -> str:
     """One line: model, data, batch (and supervision, mining scope) of a run."""
     d, t = cfg.data, cfg.train
-    data = (f"synthetic {d.synthetic_train}/{d.synthetic_val} scenes at {d.synthetic_size} px"
-            if d.dataset == "synthetic" else d.dataset)
+    data = (f"{d.dataset} {d.synthetic_train}/{d.synthetic_val} scenes at {d.synthetic_size} px"
+            f", judged on {d.eval_split}" if d.dataset.startswith("synthetic") else d.dataset)
     device = "GPU" if cfg.ray.use_gpu else "CPU"
     return (f"{cfg.model.backbone} OS{cfg.model.output_stride} {cfg.model.head}, {data}, crop "
             f"{d.crop_size}, global batch {t.batch_size} on {cfg.ray.num_workers} {device} "

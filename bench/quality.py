@@ -80,9 +80,11 @@ PAPER_TABLE5 = {("region", None): (97.6, 29.7, 57.5), ("score", 0.7): (56.9, 16.
                 ("score+region", 0.9): (98.4, 29.4, 56.9)}
 PAPER_MARGIN, PAPER_ALPHA = 20.0, 0.8
 DEFAULT_ROW = "point+pdml+ext (default recipe)"
+PAPER_RECIPE_ROW = "score+region (0.7): point+pdml+ext, the paper's recipe"
 PAPER_NOTE = "; paper: PASCAL-Context val, ResNet-101"
 TITLES = {"3": "Table 3 analogue (supervision)", "4": "Table 4 analogue (margin, alpha)",
-          "5": "Table 5 analogue (extension)", "mining": "Cross-worker mining"}
+          "5": "Table 5 analogue (extension)", "mining": "Cross-worker mining",
+          "calibration": "Calibration against the paper's orderings (Tables 3 and 5)"}
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,19 @@ def floats(text: str) -> list[float]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", required=True, choices=["3", "4", "5", "mining"])
-    parser.add_argument("--regime", default="pretrained", choices=["pretrained", "random"],
+    parser.add_argument("--table", required=True,
+                        choices=["3", "4", "5", "mining", "calibration"])
+    parser.add_argument("--regime", default="pretrained",
+                        choices=["pretrained", "random", "imagenet"],
                         help="pretrained (default): the backbone starts from bench/pretrain.py's "
-                        "synthetic-ImageNet weights, as the paper starts from ImageNet; random: "
-                        "random init")
+                        "synthetic-ImageNet weights; imagenet: EfficientNet-Lite0 from its real, "
+                        "packaged ImageNet weights; random: random init")
+    parser.add_argument("--scenes", default="v1", choices=["v1", "v2"],
+                        help="scene generator version: v1 (8 classes, one texture each; the older "
+                        "tables) or v2 (17 classes sharing textures, long-tailed)")
+    parser.add_argument("--split", default="val", choices=["val", "test"],
+                        help="the split runs are scored on: val (tuning) or test (held-out "
+                        "scenes of another generator seed, for judging)")
     parser.add_argument("--rows", default=None,
                         help="Tables 3, 5, mining: run only these rows (comma-separated "
                         "labels); their results go to quality-table<N>-rows.json")
@@ -146,9 +156,9 @@ def parse_args() -> argparse.Namespace:
     if args.ext_start is None:
         args.ext_start = args.epochs // 2
     if args.extension_base is None:
-        args.extension_base = "recipe" if args.regime == "pretrained" else "paper"
+        args.extension_base = "paper" if args.regime == "random" else "recipe"
     if args.eval_every is None:
-        args.eval_every = 1 if args.regime == "pretrained" else args.epochs
+        args.eval_every = args.epochs if args.regime == "random" else 1
     return args
 
 
@@ -182,6 +192,15 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
                 Row("point+pdml+ext (score+region)", {"train.supervision": "point+pdml+ext",
                                                       "extension.method": "score+region"}),
                 Row(DEFAULT_ROW, {"train.supervision": "point+pdml+ext"})]
+    if args.table == "calibration":
+        ext = paper_extension(args)
+        return [Row("full", {"train.supervision": "full"}, PAPER_TABLE3["full"]),
+                Row("point", {"train.supervision": "point"}, PAPER_TABLE3["point"]),
+                Row("score (0.7)", {**ext, "extension.method": "score"},
+                    PAPER_TABLE5[("score", 0.7)]),
+                Row("region", {**ext, "extension.method": "region"},
+                    PAPER_TABLE5[("region", None)]),
+                Row(PAPER_RECIPE_ROW, ext, PAPER_TABLE5[("score+region", 0.7)])]
     if args.table == "5":
         ext = (paper_extension(args) if args.extension_base == "paper"
                else {"train.supervision": "point+pdml+ext"})
@@ -203,6 +222,10 @@ def base_config(args: argparse.Namespace):
                 "ray.max_failures": 0, "ray.keep_checkpoints": 1}
     if args.regime == "pretrained":
         settings["model.pretrained"] = str(pretrained_weights(args))
+    elif args.regime == "imagenet":
+        settings.update({"model.backbone": "efficientnet_lite0", "model.pretrained": "imagenet"})
+    settings["data.dataset"] = "synthetic" if args.scenes == "v1" else "synthetic_v2"
+    settings["data.eval_split"] = args.split
     cfg = benchlib.bench_config(args, settings, experiment=f"bench-quality-table{args.table}")
     if cfg.data.dataset != "synthetic":
         return cfg
@@ -241,14 +264,15 @@ def pooled_extension_accuracy(uri: str, run_id: str) -> tuple[float, float]:
 
 def class_groups(cfg, per_class_iou: list[float]) -> dict[str, float]:
     """Stuff and thing mIoU of the synthetic scenes (NaN classes left out)."""
-    if cfg.data.dataset != "synthetic":
+    if not cfg.data.dataset.startswith("synthetic"):
         return {}
-    from pdml_ray.data.synthetic import STUFF_CLASSES, SYNTHETIC_CLASSES
+    from pdml_ray.data.registry import dataset_class
 
+    dataset = dataset_class(cfg.data.dataset)
     groups = {"stuff_miou": [], "things_miou": []}
-    for name, iou in zip(SYNTHETIC_CLASSES, per_class_iou):
+    for name, iou in zip(dataset.classes, per_class_iou):
         if not math.isnan(iou):
-            groups["stuff_miou" if name in STUFF_CLASSES else "things_miou"].append(iou)
+            groups["stuff_miou" if name in dataset.stuff else "things_miou"].append(iou)
     return {key: statistics.mean(v) if v else math.nan for key, v in groups.items()}
 
 
@@ -258,13 +282,13 @@ def last_evaluation(cfg, uri: str, run_id: str) -> dict:
     The score is the last evaluation, never the best one: picking an epoch on the
     validation split would flatter whichever row's curve is noisiest.
     """
-    from pdml_ray.data import build_dataset
+    from pdml_ray.data.registry import dataset_class
     from pdml_ray.service.tracking import metric_key
 
     curve = benchlib.metric_history(uri, run_id, "val_miou")
     last_step = curve[-1][0]
     at_last = {}
-    for name in build_dataset(cfg.data, "val").classes:
+    for name in dataset_class(cfg.data.dataset).classes:
         history = benchlib.metric_history(uri, run_id, f"val_iou/{metric_key(name)}")
         at_last[name] = next((value for step, value, _ in history if step == last_step), math.nan)
     pixel_acc = benchlib.metric_history(uri, run_id, "val_pixel_acc")[-1][1]
@@ -332,6 +356,10 @@ def weights_digest(cfg) -> str | None:
     """The sha256 of the pretrained weights a run starts from (None from random init)."""
     if not cfg.model.pretrained:
         return None
+    if cfg.model.pretrained == "imagenet" and cfg.model.backbone == "efficientnet_lite0":
+        from pdml_ray.models.efficientnet import LITE0_SHA256
+
+        return LITE0_SHA256  # the packaged file, checked against this digest on every load
     weights = Path(cfg.model.pretrained)
     if not weights.exists():  # a record made in another checkout
         weights = benchlib.RESULTS / _inside_results(str(weights))
@@ -348,7 +376,10 @@ def weights_digest(cfg) -> str | None:
 # loader (model init, a loader's iterator) reshuffles a seed's augmentations, and another
 # CPU's vector kernels round differently (benchlib.machine records which ran); which of
 # the two did it there was not found, so no older record is trusted.
-CODE_REVISION = 2
+# 3 draws each sample's augmentation from its own generator seeded by (seed, epoch, index)
+# and shuffles a one-worker run with its own generator: nothing a model builds moves a
+# seed's data stream any more, whatever its backbone or heads.
+CODE_REVISION = 3
 
 
 def same_code(record: dict) -> bool:
@@ -413,7 +444,8 @@ def run_rows(cfg, rows: list[Row], args, records: list[dict], save) -> list[dict
                 with benchlib.phase(f"{row.label}, seed {seed}"):
                     result = train_once(run_cfg)
             records = [r for r in records if not (r["row"] == row.label and r["seed"] == seed)]
-            records.append({"row": row.label, "seed": seed, "key": key, **row.overrides,
+            records.append({"row": row.label, "seed": seed, "key": key,
+                            "split": run_cfg.data.eval_split, **row.overrides,
                             **result, "pretrained_sha256": weights_digest(run_cfg),
                             "code_revision": result.get("code_revision", CODE_REVISION),
                             # resolved: a later change of a default must not re-key it
@@ -497,6 +529,63 @@ def gap_share(records: list[dict], label: str) -> str:
     return f"{100 * statistics.mean(gains) / gap:+.0f}% ({up}/{len(gains)} seeds up)"
 
 
+def paired_interval(differences: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the paired differences' mean and its 95% t-interval."""
+    from scipy import stats
+
+    mean = statistics.mean(differences)
+    if len(differences) < 2:
+        return mean, -math.inf, math.inf
+    half = (stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences)
+            / math.sqrt(len(differences)))
+    return mean, mean - half, mean + half
+
+
+# The gate, written down before its runs (docs/benchmarks.md, "The calibration gate"):
+# (name, row that should be higher, row that should be lower, metric, rule, paper's delta).
+# "above": held when the paired 95% interval of higher - lower lies above 0 (strictly
+# above `floor` for the extension accuracy); "not below": held unless the interval lies
+# below 0; anything else is "not held", and "contradicted" when the interval lies on the
+# wrong side of 0.
+ORDERINGS = (
+    ("Table 5: score alone below point CE", "point", "score (0.7)", "val_miou", "above", 0.0,
+     27.9 - 16.7),
+    ("Table 5: region above point CE", "region", "point", "val_miou", "above", 0.0, 29.7 - 27.9),
+    ("Table 5: score+region above point CE", PAPER_RECIPE_ROW, "point", "val_miou", "above", 0.0,
+     30.0 - 27.9),
+    ("Table 5: score+region >= region", PAPER_RECIPE_ROW, "region", "val_miou", "not below", 0.0,
+     30.0 - 29.7),
+    ("Table 5: score's extension accuracy far (>= 20 points) below region's", "region",
+     "score (0.7)", "ext_accuracy", "above", 0.20, 97.6 - 56.9),
+    ("Table 3: point < point+pdml+ext", PAPER_RECIPE_ROW, "point", "val_miou", "above", 0.0,
+     30.0 - 27.9),
+    ("Table 3: point+pdml+ext < full", "full", PAPER_RECIPE_ROW, "val_miou", "above", 0.0,
+     39.6 - 30.0),
+)
+
+
+def calibration_verdicts(records: list[dict]) -> tuple[list[tuple], bool]:
+    """One line per ordering (name, seeds, paired delta, 95% interval, paper's delta,
+    verdict) and whether every ordering held."""
+    lines, passed = [], True
+    for name, higher, lower, metric, rule, floor, paper in ORDERINGS:
+        high, low = values(records, higher, metric), values(records, lower, metric)
+        seeds = sorted(set(high) & set(low))
+        if not seeds:
+            lines.append((name, "0", "n/a", "n/a", f"{paper:+.1f}", "not run"))
+            passed = False
+            continue
+        mean, lo, hi = paired_interval([high[s] - low[s] for s in seeds])
+        if rule == "above":
+            verdict = ("held" if lo > floor else "contradicted" if hi < 0 else "not held")
+        else:
+            verdict = "contradicted" if hi < 0 else "held"
+        passed &= verdict == "held"
+        lines.append((name, str(len(seeds)), f"{100 * mean:+.1f}",
+                      f"[{100 * lo:+.1f}, {100 * hi:+.1f}]", f"{paper:+.1f}", verdict))
+    return lines, passed
+
+
 def paper_cell(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
@@ -506,6 +595,23 @@ def render(args, rows: list[Row], records: list[dict]) -> str:
         return benchlib.mean_std(list(values(records, label, key).values()), scale, digits)
 
     table = []
+    if args.table == "calibration":
+        for row in rows:
+            paper = row.paper or ()
+            table.append((row.label, cell(row.label, "val_miou"), cell(row.label, "val_pixel_acc"),
+                          cell(row.label, "ext_accuracy"),
+                          cell(row.label, "ext_pixels_per_step", 1.0, 0),
+                          cell(row.label, "stuff_miou"), cell(row.label, "things_miou"),
+                          paired_delta(records, row.label, "point"),
+                          paper_cell(paper[1] if len(paper) == 3 else paper[0] if paper else None)))
+        header = ("run", "mIoU", "pixel acc (%)", "extension acc (%)", "extended pixels / step",
+                  "stuff mIoU", "things mIoU", "Δ mIoU vs point (paired)", "paper mIoU")
+        verdicts, passed = calibration_verdicts(records)
+        return (benchlib.markdown_table(header, table) + "\n\n"
+                + benchlib.markdown_table(("ordering (paper, PASCAL-Context)", "seeds",
+                                           "paired Δ (points)", "95% interval", "paper Δ",
+                                           "verdict"), verdicts)
+                + f"\n\ngate: {'PASSED' if passed else 'NOT PASSED'} (every ordering must hold)")
     if args.table == "4":
         reference = f"m={PAPER_MARGIN:g}, alpha={PAPER_ALPHA:g}"
         for row in rows:
@@ -587,7 +693,9 @@ def main() -> None:
 
     configure_logging()
     cfg = base_config(args)
-    name = f"quality-table{args.table}-{args.regime}" + (f"-{args.tag}" if args.tag else "")
+    name = (f"quality-table{args.table}-{args.regime}"
+            + ("-v2" if args.scenes == "v2" else "") + ("-test" if args.split == "test" else "")
+            + (f"-{args.tag}" if args.tag else ""))
     path = benchlib.RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
     # Resumable: the finished runs of an earlier sitting are kept, not trained again.
     records = []
@@ -619,16 +727,18 @@ def main() -> None:
     wall = time.perf_counter() - start
     steps = cfg.train.epochs * (cfg.data.synthetic_train // cfg.train.batch_size)
     title = TITLES[args.table]
-    init = ("synthetic-ImageNet pretrained backbone" if args.regime == "pretrained"
-            else "random init")
+    init = {"pretrained": "synthetic-ImageNet pretrained backbone", "random": "random init",
+            "imagenet": "EfficientNet-Lite0 from ImageNet"}[args.regime]
     print(f"\n{title} on the synthetic benchmark: "
           f"{benchlib.describe_config(cfg, supervision=False, mining=False)}, {init}; "
           f"{cfg.train.epochs} epoch(s) ({steps} steps), seeds {args.seeds}; values in % "
           f"(mean ± sample std over seeds){PAPER_NOTE if args.table != 'mining' else ''}\n")
     print(render(args, rows, [r for r in records if r["seed"] in args.seeds]))
-    if args.table == "3":
+    if args.table in ("3", "calibration"):
         picture = path.with_suffix(".png")
-        plot_curves(records, ["full", "point", "point+pdml", DEFAULT_ROW],
+        shown = (["full", "point", "score (0.7)", "region", PAPER_RECIPE_ROW]
+                 if args.table == "calibration" else ["full", "point", "point+pdml", DEFAULT_ROW])
+        plot_curves(records, shown,
                     f"val mIoU during training ({init}, {steps} steps)", picture)
         print(f"curves: {picture}")
     print(f"{len(records)} runs in the table; this sitting took {wall / 60:.1f} min")

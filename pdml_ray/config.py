@@ -88,7 +88,9 @@ def _check_run_name(name: str | None, key: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["synthetic", "ade20k", "pascal_context"] = "synthetic"
+    # synthetic: generated scenes, version 1 (8 classes, one texture each); synthetic_v2:
+    # version 2 (17 classes sharing textures, long-tailed; pdml_ray/data/synthetic_v2.py).
+    dataset: Literal["synthetic", "synthetic_v2", "ade20k", "pascal_context"] = "synthetic"
     root: str = "data/synthetic"  # dataset root (the folder holding its released layout)
     points_file: str | None = None  # Parquet points; None: <root>/points_train.parquet
     crop_size: int = 96  # the synthetic scenes' size; the paper crops 321 (configs/*.yaml)
@@ -96,7 +98,10 @@ class DataConfig:
     scale_max: float = 1.25
     hflip: bool = True
     loader_workers: int = 0  # DataLoader processes per Ray worker; 0 keeps CPUs for compute
-    max_val_images: int = 0  # 0: the whole validation split
+    max_val_images: int = 0  # 0: the whole validation (or test) split
+    # The split evaluated during and after training: "val", or "test", the synthetic
+    # scenes' held-out split (another generator seed), for judging what was tuned on val.
+    eval_split: Literal["val", "test"] = "val"
     # Images (and label maps) with more pixels are refused from their header, in training,
     # evaluation and prediction: one 10000 x 10000 image took 6.2 GB to decode.
     max_image_pixels: int = 64_000_000
@@ -105,6 +110,8 @@ class DataConfig:
     synthetic_val: int = 50
     synthetic_size: int = 96
     synthetic_seed: int = 0
+    synthetic_test: int = 50  # scenes of the test split, from generator seed synthetic_test_seed
+    synthetic_test_seed: int = 1
 
     def __post_init__(self) -> None:
         _check(self.crop_size >= 8, "data.crop_size", "must be >= 8")
@@ -113,8 +120,12 @@ class DataConfig:
         _check(self.loader_workers >= 0, "data.loader_workers", "must be >= 0")
         _check(self.max_val_images >= 0, "data.max_val_images", "must be >= 0")
         _check(self.max_image_pixels > 0, "data.max_image_pixels", "must be > 0")
-        for key in ("synthetic_train", "synthetic_val"):
+        for key in ("synthetic_train", "synthetic_val", "synthetic_test"):
             _check(getattr(self, key) >= 1, f"data.{key}", "must be >= 1")
+        _check(self.synthetic_test_seed != self.synthetic_seed, "data.synthetic_test_seed",
+               "must differ from data.synthetic_seed: the test scenes are held out")
+        _check(self.eval_split == "val" or self.dataset.startswith("synthetic"),
+               "data.eval_split", f"{self.dataset} has no labelled test split here; use val")
         _check(self.synthetic_size >= 16, "data.synthetic_size", "must be >= 16")
 
 

@@ -27,7 +27,7 @@ from .io import (MAX_IMAGE_PIXELS, exif_orientation, file_problem, image_size, r
 from .points import PointTable, read_points, shown_id
 from .transforms import Sample, points_to_sample, rasterize_points, to_model_input
 
-SPLIT_FOLDERS = {"train": "training", "val": "validation"}
+SPLIT_FOLDERS = {"train": "training", "val": "validation", "test": "test"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg")  # matched in any case: .JPG from cameras is common
 LABEL_SUFFIX = ".png"
 
@@ -56,7 +56,7 @@ class SegmentationDataset(Dataset):
 
     Args:
         root: the dataset folder (its released layout, see the subclass).
-        split: ``"train"`` or ``"val"``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (the synthetic scenes' held-out split).
         points: train only: a :class:`PointTable` or the path of a points file, looked up
             by image id (the file stem). ``None`` gives all-255 point maps (full
             supervision needs no points).
@@ -78,8 +78,9 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str, *,
                  points: PointTable | str | os.PathLike | None = None,
-                 transform: Callable[[Sample], Sample] | None = None,
-                 max_images: int = 0, max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+                 transform: Callable[..., Sample] | None = None,
+                 max_images: int = 0, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 augment_seed: int = 0) -> None:
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"split must be one of {tuple(SPLIT_FOLDERS)}, got {split!r}")
         if split != "train" and (points is not None or transform is not None):
@@ -98,6 +99,21 @@ class SegmentationDataset(Dataset):
             self._warn_images_without_points(self.points)
         self.transform = transform
         self.max_image_pixels = max_image_pixels
+        # Each sample's random transform draws from its own generator, seeded by (seed,
+        # epoch, index): a seed's crops do not depend on what else drew from torch's global
+        # stream (model init, a projection head, loader processes). The epoch lives in
+        # shared memory so that loader processes forked before set_epoch still see it.
+        self.augment_seed = augment_seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch's augmentations (call before iterating its loader)."""
+        self._epoch.fill_(epoch)
+
+    def sample_generator(self, index: int) -> torch.Generator:
+        """The generator of sample ``index``'s random transform in the current epoch."""
+        seed = np.random.SeedSequence([self.augment_seed, int(self._epoch), index])
+        return torch.Generator().manual_seed(int(seed.generate_state(1, np.uint64)[0]))
 
     # -- layout, overridden per dataset ----------------------------------------------
     @classmethod
@@ -175,7 +191,7 @@ class SegmentationDataset(Dataset):
         sample = {"image": to_model_input(image), "mask": torch.from_numpy(mask),
                   "points": coords, "point_classes": classes}
         if self.transform is not None:
-            sample = self.transform(sample)
+            sample = self.transform(sample, generator=self.sample_generator(index))
         point_labels = rasterize_points(sample["points"], sample["point_classes"],
                                         tuple(sample["mask"].shape), self.ignore_index)
         return {"image": sample["image"].contiguous(), "point_labels": point_labels,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from .ade20k import ADE20KDataset
 from .base import SegmentationDataset
 from .pascal_context import PascalContextDataset
-from .synthetic import SyntheticDataset
+from .synthetic import SyntheticDataset, SyntheticV2Dataset
 
 DATASETS: dict[str, type[SegmentationDataset]] = {
-    cls.name: cls for cls in (SyntheticDataset, ADE20KDataset, PascalContextDataset)
+    cls.name: cls for cls in (SyntheticDataset, SyntheticV2Dataset, ADE20KDataset,
+                             PascalContextDataset)
 }
 
 

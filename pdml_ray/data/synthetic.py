@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from . import synthetic_v2 as v2
 from .base import SPLIT_FOLDERS, ImageRecord, SegmentationDataset, paired_records
 from .errors import DataError
 from .io import atomic_directory
@@ -52,7 +53,7 @@ JPEG_QUALITY = 95
 # by several classes and colour alone cannot tell them apart.
 _HUE_CENTRES = (0.58, 0.08, 0.50, 0.00, 0.15, 0.33, 0.75, 0.88)
 _HUE_SPREAD = 0.25
-_SPLIT_CODES = {"train": 0, "val": 1}
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
 def scene_stem(split: str, index: int) -> str:
@@ -234,52 +235,88 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
 
 
 # -- a whole dataset -----------------------------------------------------------------
+class Generator(NamedTuple):
+    """One version of the scene generator: its renderer and the classes it draws."""
+
+    render: Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    stuff: tuple[str, ...]
+    things: tuple[str, ...]
+
+
+# Version 1 stays as it was (the older figures in docs/benchmarks.md ran on it); version 2
+# (synthetic_v2.py) is the one whose confident predictions are not the truth.
+GENERATORS = {
+    1: Generator(render_scene, SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, STUFF_CLASSES, THING_CLASSES),
+    2: Generator(v2.render_scene, v2.CLASSES, v2.PALETTE, v2.STUFF_CLASSES, v2.THING_CLASSES),
+}
+
+
 def write_scenes(out_dir: str | os.PathLike, *, train: int, val: int, size: int,
-                 seed: int) -> dict[str, Any]:
+                 seed: int, version: int = 1, test: int = 0,
+                 test_seed: int | None = None) -> dict[str, Any]:
     """Write scenes into an existing folder (no atomicity: see :func:`generate_scenes`).
+
+    The test split (``test`` scenes, none by default) draws from its own generator seed
+    ``test_seed`` (default ``seed + 1``): scenes no train or val image shares a random
+    stream with, for judging what was tuned on val.
 
     Returns statistics: ``{"size", "seed", "splits": {split: {"images", "class_pixels"
     (list per class), "instances_per_image" (list per image)}}}``.
     """
+    generator = GENERATORS[version]
+    test_seed = seed + 1 if test_seed is None else test_seed
     out_dir = Path(out_dir)
-    stats: dict[str, Any] = {"size": size, "seed": seed, "splits": {}}
-    for split, count in (("train", train), ("val", val)):
+    stats: dict[str, Any] = {"size": size, "seed": seed, "version": version, "splits": {},
+                             "classes": list(generator.classes),
+                             "stuff": list(generator.stuff)}
+    for split, count in (("train", train), ("val", val), ("test", test)):
+        if not count:
+            continue
         folder = SPLIT_FOLDERS[split]
         for kind in ("images", "annotations", "instances"):
             (out_dir / kind / folder).mkdir(parents=True, exist_ok=True)
-        class_pixels = np.zeros(len(SYNTHETIC_CLASSES), dtype=np.int64)
+        class_pixels = np.zeros(len(generator.classes), dtype=np.int64)
         instances_per_image = []
+        split_seed = test_seed if split == "test" else seed
         for index in range(count):
-            rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
-            image, label, instances = render_scene(rng, size)
+            rng = np.random.default_rng([split_seed, _SPLIT_CODES[split], index])
+            image, label, instances = generator.render(rng, size)
             stem = scene_stem(split, index)
             Image.fromarray(image).save(out_dir / "images" / folder / f"{stem}.jpg",
                                         quality=JPEG_QUALITY, subsampling=0)
             Image.fromarray(label + 1).save(out_dir / "annotations" / folder / f"{stem}.png")
             Image.fromarray(instances).save(out_dir / "instances" / folder / f"{stem}.png")
-            class_pixels += np.bincount(label.ravel(), minlength=len(SYNTHETIC_CLASSES))
+            class_pixels += np.bincount(label.ravel(), minlength=len(generator.classes))
             instances_per_image.append(int(instances.max()))
         stats["splits"][split] = {"images": count, "class_pixels": class_pixels.tolist(),
                                   "instances_per_image": instances_per_image}
     info = {
-        "classes": list(SYNTHETIC_CLASSES),
-        "palette": [list(colour) for colour in SYNTHETIC_PALETTE],
-        "stuff": list(STUFF_CLASSES),
-        "things": list(THING_CLASSES),
+        "classes": list(generator.classes),
+        "palette": [list(colour) for colour in generator.palette],
+        "stuff": list(generator.stuff),
+        "things": list(generator.things),
         "label_encoding": "annotations: PNG value 0 = ignore, k = class k-1; "
                           "instances: 0 = none, k = instance k",
-        "generation": generation_settings(train=train, val=val, size=size, seed=seed),
+        "generation": generation_settings(train=train, val=val, size=size, seed=seed,
+                                          version=version, test=test, test_seed=test_seed),
     }
     (out_dir / "classes.json").write_text(json.dumps(info, indent=2) + "\n")
     return stats
 
 
-def generation_settings(*, train: int, val: int, size: int, seed: int) -> dict[str, int]:
-    return {"train": train, "val": val, "size": size, "seed": seed, "version": GENERATOR_VERSION}
+def generation_settings(*, train: int, val: int, size: int, seed: int, version: int = 1,
+                        test: int = 0, test_seed: int | None = None) -> dict[str, int]:
+    settings = {"train": train, "val": val, "size": size, "seed": seed, "version": version}
+    if test:  # version 1 scenes without a test split keep the settings they always had
+        settings.update(test=test, test_seed=seed + 1 if test_seed is None else test_seed)
+    return settings
 
 
 def generate_scenes(out_dir: str | os.PathLike, *, train: int, val: int, size: int,
-                    seed: int) -> dict[str, Any]:
+                    seed: int, version: int = 1, test: int = 0,
+                    test_seed: int | None = None) -> dict[str, Any]:
     """Generate ``train`` + ``val`` scenes of ``size`` x ``size`` pixels into ``out_dir``.
 
     Written atomically: into a temporary folder beside ``out_dir``, renamed at the end,
@@ -287,19 +324,24 @@ def generate_scenes(out_dir: str | os.PathLike, *, train: int, val: int, size: i
     Returns the statistics of :func:`write_scenes` (see :func:`describe_scenes`).
     """
     out_dir = Path(out_dir)
-    if train < 1 or val < 1 or size < 16:
-        raise ValueError(f"need train >= 1, val >= 1 and size >= 16, got {train}, {val}, {size}")
+    if train < 1 or val < 1 or test < 0 or size < 16:
+        raise ValueError(f"need train >= 1, val >= 1, test >= 0 and size >= 16, got {train}, "
+                         f"{val}, {test}, {size}")
+    if version not in GENERATORS:
+        raise ValueError(f"unknown generator version {version}; known: {sorted(GENERATORS)}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DataError(out_dir, "already exists and is not empty; remove it or choose another "
                                  "folder")
     with atomic_directory(out_dir) as tmp:
-        stats = write_scenes(tmp, train=train, val=val, size=size, seed=seed)
+        stats = write_scenes(tmp, train=train, val=val, size=size, seed=seed, version=version,
+                             test=test, test_seed=test_seed)
     return stats
 
 
 def describe_scenes(stats: dict[str, Any]) -> str:
     """A readable summary: images per split, class pixel shares, instances per image."""
-    lines = [f"scene size {stats['size']}x{stats['size']}, seed {stats['seed']}"]
+    lines = [f"scene size {stats['size']}x{stats['size']}, seed {stats['seed']}, "
+             f"generator version {stats.get('version', 1)}"]
     splits = stats["splits"]
     lines.append("images: " + ", ".join(f"{split} {info['images']}"
                                         for split, info in splits.items()))
@@ -311,16 +353,19 @@ def describe_scenes(stats: dict[str, Any]) -> str:
     header = "".join(f" {split:>7}" for split in splits)
     lines.append(f"  {'id':>2}  {'class':<8} {'kind':<6}{header}")
     totals = {split: max(sum(info["class_pixels"]), 1) for split, info in splits.items()}
-    for cls, name in enumerate(SYNTHETIC_CLASSES):
-        kind = "stuff" if name in STUFF_CLASSES else "thing"
+    stuff = stats.get("stuff", STUFF_CLASSES)
+    for cls, name in enumerate(stats.get("classes", SYNTHETIC_CLASSES)):
+        kind = "stuff" if name in stuff else "thing"
         shares = "".join(f" {100 * info['class_pixels'][cls] / totals[split]:6.1f}%"
                          for split, info in splits.items())
         lines.append(f"  {cls:>2}  {name:<8} {kind:<6}{shares}")
     return "\n".join(lines)
 
 
-def read_scene_info(root: str | os.PathLike) -> dict[str, Any]:
-    """The ``classes.json`` of generated scenes; DataError if there is none or it is broken."""
+def read_scene_info(root: str | os.PathLike,
+                    classes: tuple[str, ...] = SYNTHETIC_CLASSES) -> dict[str, Any]:
+    """The ``classes.json`` of generated scenes of ``classes``; DataError if there is none,
+    it is broken, or the scenes have other classes (another generator version)."""
     path = Path(root) / "classes.json"
     if not path.is_file():
         raise DataError(root, "no synthetic scenes here (classes.json not found); generate them "
@@ -329,25 +374,41 @@ def read_scene_info(root: str | os.PathLike) -> dict[str, Any]:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(path, f"cannot read: {exc}") from None
-    if not isinstance(info, dict) or tuple(info.get("classes", ())) != SYNTHETIC_CLASSES:
-        raise DataError(path, f"classes differ from this generator's {SYNTHETIC_CLASSES}; "
-                              f"regenerate the scenes")
+    if not isinstance(info, dict) or tuple(info.get("classes", ())) != classes:
+        version = info.get("generation", {}).get("version", 1) if isinstance(info, dict) else "?"
+        raise DataError(path, f"these scenes have other classes (generator version {version}) "
+                              f"than this dataset's {len(classes)} ({', '.join(classes[:4])}, ...); "
+                              f"use the dataset of their version, or regenerate them")
     return info
 
 
 class SyntheticDataset(SegmentationDataset):
-    """Generated scenes (:func:`generate_scenes`); they come with instance maps."""
+    """Generated scenes (:func:`generate_scenes`), version 1; they come with instance maps
+    and a labelled test split when generated with one."""
 
     name = "synthetic"
+    generator_version = 1
     classes = SYNTHETIC_CLASSES
     palette = SYNTHETIC_PALETTE
+    stuff = STUFF_CLASSES
 
     @classmethod
     def find_root(cls, root: Path) -> Path:
-        read_scene_info(root)
+        read_scene_info(root, cls.classes)
         return root
 
     def list_records(self) -> list[ImageRecord]:
         folder = SPLIT_FOLDERS[self.split]
         return paired_records(self.root / "images" / folder, self.root / "annotations" / folder,
                               instance_dir=self.root / "instances" / folder)
+
+
+class SyntheticV2Dataset(SyntheticDataset):
+    """Generated scenes of version 2 (:mod:`pdml_ray.data.synthetic_v2`): 17 classes that
+    share textures, long-tailed, with small and occluded things."""
+
+    name = "synthetic_v2"
+    generator_version = 2
+    classes = v2.CLASSES
+    palette = v2.PALETTE
+    stuff = v2.STUFF_CLASSES

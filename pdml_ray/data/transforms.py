@@ -16,7 +16,8 @@ masks by nearest neighbour sampled at output pixel centres (the points' conventi
 up-scaling a point's new pixel copies the mask of its own source pixel; on down-scaling it
 comes from a source pixel less than one output pixel away.
 
-Random choices use torch's global RNG, so DataLoader worker seeding applies.
+Random choices draw from the ``generator`` each call is given (the dataset seeds one per
+sample, epoch and seed), or from torch's global RNG without one.
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ class RandomScale:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
         self.scale_min, self.scale_max = scale_min, scale_max
 
-    def __call__(self, sample: Sample) -> Sample:
-        factor = self.scale_min + (self.scale_max - self.scale_min) * torch.rand(()).item()
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        factor = (self.scale_min
+                  + (self.scale_max - self.scale_min) * torch.rand((), generator=generator).item())
         height, width = sample["image"].shape[-2:]
         size = (max(1, round(height * factor)), max(1, round(width * factor)))
         return resize(sample, size) if size != (height, width) else sample
@@ -148,11 +150,11 @@ class RandomCrop:
         self.size = size
         self.ignore_index = ignore_index
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         sample = pad(sample, (self.size, self.size), self.ignore_index)
         height, width = sample["image"].shape[-2:]
-        top = int(torch.randint(0, height - self.size + 1, ()).item())
-        left = int(torch.randint(0, width - self.size + 1, ()).item())
+        top = int(torch.randint(0, height - self.size + 1, (), generator=generator).item())
+        left = int(torch.randint(0, width - self.size + 1, (), generator=generator).item())
         return crop(sample, top, left, self.size, self.size)
 
 
@@ -160,17 +162,17 @@ class RandomHorizontalFlip:
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
 
-    def __call__(self, sample: Sample) -> Sample:
-        return hflip(sample) if torch.rand(()).item() < self.p else sample
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        return hflip(sample) if torch.rand((), generator=generator).item() < self.p else sample
 
 
 class Compose:
-    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:
+    def __init__(self, transforms: Sequence[Callable[..., Sample]]) -> None:
         self.transforms = list(transforms)
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         for transform in self.transforms:
-            sample = transform(sample)
+            sample = transform(sample, generator=generator)
         return sample
 
     def __repr__(self) -> str:
@@ -180,7 +182,7 @@ class Compose:
 def train_transform(*, crop_size: int, scale_min: float = 0.5, scale_max: float = 1.5,
                     hflip: bool = True) -> Compose:
     """The paired training transform: random scale, random crop (padded), optional flip."""
-    steps: list[Callable[[Sample], Sample]] = [RandomScale(scale_min, scale_max),
+    steps: list[Callable[..., Sample]] = [RandomScale(scale_min, scale_max),
                                                RandomCrop(crop_size)]
     if hflip:
         steps.append(RandomHorizontalFlip())

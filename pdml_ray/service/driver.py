@@ -73,9 +73,9 @@ def prepare_data(cfg: Config) -> None:
     that a bad dataset or points file fails here with its message, not in every worker;
     and read every file's header (missing, unreadable, wrong mode, sizes that differ)
     before workers start. Truncated bodies and label values need ``jobs.check_data``."""
-    if cfg.data.dataset == "synthetic":
+    if cfg.data.dataset.startswith("synthetic"):
         ensure_synthetic(cfg.data)
-    for split in ("train", "val"):
+    for split in ("train", cfg.data.eval_split):
         problems = check_headers(build_dataset(cfg.data, split, train_transform=False))
         if problems:
             more = (f" (and {len(problems) - 1} more; list them all with `python -m "

@@ -35,16 +35,19 @@ UPLOAD_MODES = {"async": ray.train.CheckpointUploadMode.ASYNC,
 def build_loaders(cfg, rank: int, world: int):
     """(train set, val set, train loader, val loader, per-worker batch size) of worker
     ``rank`` of ``world``."""
-    train_set = build_dataset(cfg.data, "train")
-    val_set = build_dataset(cfg.data, "val")
+    train_set = build_dataset(cfg.data, "train", augment_seed=cfg.train.seed)
+    val_set = build_dataset(cfg.data, cfg.data.eval_split)
     local_batch = cfg.train.batch_size // world
     # Our own DistributedSampler, not the one prepare_data_loader would add: Ray rebuilds
     # the loader for it and drops persistent_workers, and its sampler's fixed seed would
     # give every run the same data order whatever train.seed says.
     sampler = (DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                   seed=cfg.train.seed, drop_last=True) if world > 1 else None)
+    # A one-worker run shuffles with its own generator, not torch's global stream, so its
+    # data order does not depend on how the model was built either.
     train_loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None,
                               sampler=sampler, drop_last=True,
+                              generator=torch.Generator().manual_seed(cfg.train.seed),
                               num_workers=cfg.data.loader_workers,
                               persistent_workers=cfg.data.loader_workers > 0)
     train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
@@ -121,6 +124,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             break
         if world > 1:
             train_loader.sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
         started, epoch_losses[:] = time.monotonic(), []
         batches = (console.batches(train_loader, epoch=epoch + 1, epochs=last_epoch,
                                    total=min(steps_per_epoch, total_steps - step))

@@ -113,7 +113,7 @@ def test_classes_json_is_checked(tmp_path, synthetic_root):
     info = json.loads((root / "classes.json").read_text())
     info["classes"][0] = "cloud"
     (root / "classes.json").write_text(json.dumps(info))
-    with pytest.raises(DataError, match="classes differ"):
+    with pytest.raises(DataError, match="other classes"):
         SyntheticDataset(root, "train")
     (root / "classes.json").unlink()
     with pytest.raises(DataError, match="classes.json not found"):
