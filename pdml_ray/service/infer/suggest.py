@@ -16,6 +16,7 @@ The driver then spreads the budget over all candidates (:func:`pick_suggestions`
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import pyarrow.fs as pafs
 import ray
 import torch
 
+from pdml_ray import console
 from pdml_ray.data.errors import DataError
 from pdml_ray.data.io import MAX_IMAGE_PIXELS
 from pdml_ray.labelling.candidates import Candidates
@@ -140,6 +142,15 @@ class ScoredImages:
         return self.images / self.scoring_seconds if self.scoring_seconds > 0 else float("nan")
 
 
+def quiet_ray_data() -> None:
+    """Ray Data's own progress bars and per-operator log lines stay off the console (the
+    job shows one bar of its own) unless --verbose / PDML_LOG_LEVEL asks for them."""
+    if console.verbose():
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def _dataset(sources: Sequence[ImageSource], batch_size: int):
     # One block per batch: the actor pool gets work in batch-sized pieces as it frees up.
     items = [{"image_id": s.image_id, "path": s.path} for s in sources]
@@ -180,6 +191,7 @@ def score_images(sources: Sequence[ImageSource], *, filesystem: pafs.FileSystem,
         cpus_per_actor: CPUs each actor reserves; torch uses as many threads.
         progress: called with the number of images of each finished batch.
     """
+    quiet_ray_data()
     threads = max(1, int(cpus_per_actor))
     model = ScoringModel.put(state_dict, config)
     clicks_ref = [ray.put({k: np.asarray(v, dtype=np.int64) for k, v in clicks.items()})]
