@@ -40,14 +40,12 @@ def build_loaders(cfg, rank: int, world: int):
     local_batch = cfg.train.batch_size // world
     # Our own DistributedSampler, not the one prepare_data_loader would add: Ray rebuilds
     # the loader for it and drops persistent_workers, and its sampler's fixed seed would
-    # give every run the same data order whatever train.seed says.
-    sampler = (DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
-                                  seed=cfg.train.seed, drop_last=True) if world > 1 else None)
-    # A one-worker run shuffles with its own generator, not torch's global stream, so its
-    # data order does not depend on how the model was built either.
-    train_loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None,
-                              sampler=sampler, drop_last=True,
-                              generator=torch.Generator().manual_seed(cfg.train.seed),
+    # give every run the same data order whatever train.seed says. One worker uses it too:
+    # its order is then a function of (seed, epoch), not of torch's global stream or of
+    # how many loader processes drew from a loader's generator.
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=True)
+    train_loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, drop_last=True,
                               num_workers=cfg.data.loader_workers,
                               persistent_workers=cfg.data.loader_workers > 0)
     train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
@@ -122,9 +120,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         if step >= total_steps:
             break
-        if world > 1:
-            train_loader.sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)  # the order ...
+        train_set.set_epoch(epoch)  # ... and each sample's augmentation
         started, epoch_losses[:] = time.monotonic(), []
         batches = (console.batches(train_loader, epoch=epoch + 1, epochs=last_epoch,
                                    total=min(steps_per_epoch, total_steps - step))
