@@ -9,15 +9,19 @@ state_dict where ``model.pretrained=<file>`` loads it (the classifier ``fc.*`` i
 on load; the dilation of the segmentation backbone changes no parameter shape).
 
 The images share nothing with the benchmark's scenes: this generator, its seed and its
-categories are its own, and it never calls ``pdml_ray.data.synthetic``. A category is a
-(texture, shape) pair: one of 12 texture families (gratings, checkers, dots, rings,
-spokes, plaid, zigzags, blobs, speckle, hatching, waves, spirals) painted inside one of
-5 shapes (disk, square, triangle, ring, cross) over a smooth random background, 60
-categories in all. Colours are drawn from the whole colour wheel for every image, so a
-category is its texture and shape, never its colour.
+categories are its own, it never calls ``pdml_ray.data``, and (recipe 2, the default) no
+texture family or shape it draws defines a scene class of either scene generator
+version (tests/test_pretrain.py holds the two generators' families apart). A category is
+a (texture, shape) pair: one of 10 texture families (spokes, plaid, zigzags, hatching,
+spirals, Voronoi cells, fish scales, herringbone, a hexagonal lattice, Truchet arcs)
+painted inside one of 5 shapes (ring, cross, star, crescent, chevron) over a smooth
+random background, 50 categories in all. Colours are drawn from the whole colour wheel
+for every image, so a category is its texture and shape, never its colour. Recipe 1,
+which the older tables used, drew gratings, checkers, dots, rings and speckle in discs,
+squares and triangles: the looks of version 1's scene classes.
 
 The output is cached under a name derived from every setting that changes the weights
-(``bench/results/pretrained/resnet18-synthimagenet-c60-n250-64px-e4-<digest>.pt``); a
+(``bench/results/pretrained/resnet18-synthimagenet-c50-n250-64px-e4-<digest>.pt``); a
 rerun with the same settings prints the path and trains nothing.
 
     .venv/bin/python bench/pretrain.py                       # ~7 min on 2 idle cores
@@ -42,9 +46,21 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = REPO / "bench" / "results" / "pretrained"
 
-TEXTURES = ("grating", "fine-grating", "checker", "dots", "rings", "spokes", "plaid",
-            "zigzag", "blobs", "speckle", "hatching", "spiral")
-SHAPES = ("disk", "square", "triangle", "ring", "cross")
+# Recipe 1 (the older figures) drew textures and shapes that define scene classes (its
+# speckle is version 1's ground, its dots the kite, its rings the ball...), so its weights
+# started out separating the scene classes. Recipe 2, the default, draws only families no
+# scene class uses (tests/test_pretrain.py compares what both generators draw).
+TEXTURES_BY_RECIPE = {
+    1: ("grating", "fine-grating", "checker", "dots", "rings", "spokes", "plaid", "zigzag",
+        "blobs", "speckle", "hatching", "spiral"),
+    2: ("spokes", "plaid", "zigzag", "hatching", "spiral", "cells", "scales", "herringbone",
+        "hex-lattice", "truchet"),
+}
+SHAPES_BY_RECIPE = {1: ("disk", "square", "triangle", "ring", "cross"),
+                    2: ("ring", "cross", "star", "crescent", "chevron")}
+RECIPE = 2  # bump when the generator or the training changes what a setting produces
+TEXTURES = TEXTURES_BY_RECIPE[RECIPE]
+SHAPES = SHAPES_BY_RECIPE[RECIPE]
 CATEGORIES = tuple(f"{texture}-{shape}" for texture in TEXTURES for shape in SHAPES)
 # The images are normalised as the segmentation datasets normalise theirs
 # (pdml_ray.data.transforms), so the pretrained statistics carry over.
@@ -67,10 +83,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
                          align_corners=False)[0, 0].numpy()
 
 
-def _texture(kind: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def texture(name: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A pattern in [0, 1] over rotated, shape-centred coordinates ``u, v`` (about -1..1)."""
     phase = rng.uniform(0, 2 * np.pi)
-    name = TEXTURES[kind]
     if name in ("grating", "fine-grating"):
         freq = rng.uniform(1.5, 2.5) if name == "grating" else rng.uniform(5.0, 7.0)
         return 0.5 + 0.5 * np.sin(2 * np.pi * freq * u + phase)
@@ -101,17 +116,48 @@ def _texture(kind: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) 
         lines = np.maximum(np.abs(np.sin(np.pi * freq * (u + v))),
                            np.abs(np.sin(np.pi * freq * (u - v) + phase)))
         return (lines > 0.92).astype(float)
-    if name == "waves":
-        return 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3.0, 5.0)
-                                  * (u + 0.15 * np.sin(2 * np.pi * 1.5 * v)) + phase)
-    # spiral
-    radius, angle = np.hypot(u, v), np.arctan2(v, u)
-    return 0.5 + 0.5 * np.sin(2 * angle + 2 * np.pi * rng.uniform(2.5, 4.0) * radius + phase)
+    if name == "spiral":
+        radius, angle = np.hypot(u, v), np.arctan2(v, u)
+        return 0.5 + 0.5 * np.sin(2 * angle + 2 * np.pi * rng.uniform(2.5, 4.0) * radius + phase)
+    if name == "cells":  # Voronoi cell walls around random seeds
+        seeds = rng.uniform(-1.2, 1.2, size=(int(rng.integers(12, 20)), 2))
+        dist = np.sort(np.hypot(u[..., None] - seeds[:, 0], v[..., None] - seeds[:, 1]), axis=-1)
+        return (dist[..., 1] - dist[..., 0] < 0.06).astype(float)
+    if name == "scales":  # overlapping fish-scale arcs on a staggered grid
+        pitch = rng.uniform(0.3, 0.45)
+        row = np.floor(v / pitch)
+        du = (u / pitch + 0.5 * (row % 2)) % 1.0 - 0.5
+        dv = (v / pitch) % 1.0
+        return (np.abs(np.hypot(du, dv) - 0.5) < 0.08).astype(float)
+    if name == "herringbone":  # slanted stripes that flip direction every column band
+        width = rng.uniform(0.25, 0.4)
+        sign = np.where(np.floor(u / width) % 2 == 0, 1.0, -1.0)
+        return (np.sin(2 * np.pi * 3.0 * (v + sign * u) + phase) > 0.3).astype(float)
+    if name == "hex-lattice":  # three gratings at 60 degrees, thresholded into a lattice
+        freq = rng.uniform(2.5, 4.0)
+        total = sum(np.cos(2 * np.pi * freq * (u * np.cos(a) + v * np.sin(a)) + phase)
+                    for a in (0, np.pi / 3, 2 * np.pi / 3))
+        return (total > 1.0).astype(float)
+    if name == "truchet":  # quarter-circle arcs in tiles, each tile turned at random
+        pitch = rng.uniform(0.3, 0.45)
+        tiles = rng.integers(0, 2, size=(64, 64))
+        iu, iv = np.floor(u / pitch).astype(int) % 64, np.floor(v / pitch).astype(int) % 64
+        fu, fv = (u / pitch) % 1.0, (v / pitch) % 1.0
+        fu = np.where(tiles[iu, iv] == 1, 1.0 - fu, fu)
+        near = np.minimum(np.abs(np.hypot(fu, fv) - 0.5), np.abs(np.hypot(1 - fu, 1 - fv) - 0.5))
+        return (near < 0.1).astype(float)
+    raise ValueError(f"unknown texture {name!r}")
 
 
-def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Boolean mask of a shape of radius about 1 in its own coordinates."""
-    name = SHAPES[kind]
+    radius, angle = np.hypot(u, v), np.arctan2(v, u)
+    if name == "star":  # five points
+        return radius < 0.45 + 0.5 * np.abs(np.cos(2.5 * angle)) ** 3
+    if name == "crescent":
+        return (radius < 1.0) & (np.hypot(u - 0.45, v) > 0.75)
+    if name == "chevron":  # an arrow head pointing up
+        return (np.abs(u) < 1.0) & (v - 0.9 * np.abs(u) > -0.7) & (v - 0.9 * np.abs(u) < -0.05)
     if name == "disk":
         return u ** 2 + v ** 2 < 1.0
     if name == "square":
@@ -119,14 +165,15 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if name == "triangle":
         return (v > -0.6) & (v < 1.1 - 1.7 * np.abs(u)) & (np.abs(u) < 1.0)
     if name == "ring":
-        radius = np.hypot(u, v)
         return (radius < 1.0) & (radius > 0.55)
+    if name != "cross":
+        raise ValueError(f"unknown shape {name!r}")
     return ((np.abs(u) < 0.3) | (np.abs(v) < 0.3)) & (np.maximum(np.abs(u), np.abs(v)) < 1.0)
 
 
 def make_image(category: int, rng: np.random.Generator, size: int) -> np.ndarray:
     """One ``(size, size, 3)`` uint8 image of ``category`` (an index into CATEGORIES)."""
-    texture, shape = divmod(category, len(SHAPES))
+    texture_index, shape_index = divmod(category, len(SHAPES))
     axis = np.linspace(-1.0, 1.0, size)
     y, x = np.meshgrid(axis, axis, indexing="ij")
     background = (_random_colour(rng)[None, None] * (0.6 + 0.4 * _smooth_noise(rng, size, 3))[..., None]
@@ -137,8 +184,8 @@ def make_image(category: int, rng: np.random.Generator, size: int) -> np.ndarray
     cos, sin = np.cos(theta), np.sin(theta)
     dx, dy = (x - centre[0]) / scale, (y - centre[1]) / scale
     u, v = cos * dx + sin * dy, -sin * dx + cos * dy
-    mask = _shape_mask(shape, u, v)
-    pattern = _texture(texture, u, v, rng)[..., None]
+    mask = shape_mask(SHAPES[shape_index], u, v)
+    pattern = texture(TEXTURES[texture_index], u, v, rng)[..., None]
     first, second = _random_colour(rng), _random_colour(rng)
     while np.abs(first - second).sum() < 0.6:  # the texture must show
         second = _random_colour(rng)
@@ -149,7 +196,7 @@ def make_image(category: int, rng: np.random.Generator, size: int) -> np.ndarray
 
 
 def make_split(split: str, per_class: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``images (N, 3, size, size)`` uint8 and ``labels (N,)``, N = 60 x per_class.
+    """``images (N, 3, size, size)`` uint8 and ``labels (N,)``, N = categories x per_class.
 
     Image i of category c draws from ``default_rng([seed, split, c, i])``: the same
     settings give the same images, and a category's first images do not depend on
@@ -182,8 +229,6 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[..., dy:dy + size, dx:dx + size]
 
 
-# Bump when the generator or the training changes what a setting produces.
-RECIPE_VERSION = 1
 _WEIGHT_SETTINGS = ("backbone", "per_class", "size", "epochs", "batch_size", "lr",
                     "weight_decay", "seed")
 
@@ -192,7 +237,7 @@ def cache_path(args: argparse.Namespace) -> Path:
     """The file name carries the main settings and a digest of every setting that changes
     the weights, so weights of other settings are never silently reused."""
     settings = {name: getattr(args, name) for name in _WEIGHT_SETTINGS}
-    digest = hashlib.sha256(json.dumps({"recipe": RECIPE_VERSION, **settings},
+    digest = hashlib.sha256(json.dumps({"recipe": RECIPE, **settings},
                                        sort_keys=True).encode()).hexdigest()[:8]
     return Path(args.out_dir) / (f"{args.backbone}-synthimagenet-c{len(CATEGORIES)}-"
                                  f"n{args.per_class}-{args.size}px-e{args.epochs}-{digest}.pt")
@@ -215,7 +260,8 @@ def build_classifier(backbone: str) -> torch.nn.Module:
 
 
 def category_log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, 60)`` log p(texture) + log p(shape) of each category from the factored ``fc``."""
+    """``(N, categories)`` log p(texture) + log p(shape) of each category from the
+    factored ``fc``."""
     texture = logits[:, :len(TEXTURES)].log_softmax(1)
     shape = logits[:, len(TEXTURES):].log_softmax(1)
     return (texture[:, :, None] + shape[:, None, :]).flatten(1)
@@ -231,7 +277,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch: int = 256) -> float:
-    """Top-1 accuracy over the 60 categories."""
+    """Top-1 accuracy over the categories."""
     model.eval()
     correct = 0
     for start in range(0, len(labels), batch):
