@@ -7,11 +7,13 @@ The labelling loop (``jobs.suggest``, then a labelling tool, then ``jobs.prepare
 - ``coverage``: how far a pixel's embedding lies from every labelled point of its
   predicted class;
 - ``clicks``: the discount near clicks an image already has;
-- ``scoring``: one image scored at the working resolution, its candidates per predicted
-  region;
+- ``candidates``: the best pixels of each predicted region;
+- ``scoring``: one image scored at the working resolution, down to its candidates;
 - ``spread``: the budget spread over regions and images;
-- ``suggestions``, ``label_studio``, ``cvat``, ``tool_import``: the files people and
-  labelling tools read and write.
+- ``suggestions``: the picks, and their CSV;
+- ``pictures``: overlays with numbered suggestions, the score histogram;
+- ``label_studio``, ``cvat``, ``tool_clicks``, ``tool_import``: the labelling tools'
+  files, and imports told apart by content.
 
 Submodules are imported where they are used (this file imports none of them): the
 dataset code imports ``tool_import`` without pulling in the model.
