@@ -84,7 +84,8 @@ PAPER_RECIPE_ROW = "score+region (0.7): point+pdml+ext, the paper's recipe"
 PAPER_NOTE = "; paper: PASCAL-Context val, ResNet-101"
 TITLES = {"3": "Table 3 analogue (supervision)", "4": "Table 4 analogue (margin, alpha)",
           "5": "Table 5 analogue (extension)", "mining": "Cross-worker mining",
-          "calibration": "Calibration against the paper's orderings (Tables 3 and 5)"}
+          "calibration": "Calibration against the paper's orderings (Tables 3 and 5)",
+          "pdml": "PDML alone against point CE, at several weights"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True,
-                        choices=["3", "4", "5", "mining", "calibration"])
+                        choices=["3", "4", "5", "mining", "calibration", "pdml"])
     parser.add_argument("--regime", default="pretrained",
                         choices=["pretrained", "random", "imagenet"],
                         help="pretrained (default): the backbone starts from bench/pretrain.py's "
@@ -201,6 +202,15 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
                 Row("region", {**ext, "extension.method": "region"},
                     PAPER_TABLE5[("region", None)]),
                 Row(PAPER_RECIPE_ROW, ext, PAPER_TABLE5[("score+region", 0.7)])]
+    if args.table == "pdml":
+        arms = [Row(f"point+pdml ({embedding}, {weight:g})",
+                    {"train.supervision": "point+pdml", "model.embedding": embedding,
+                     "loss.pdml_weight": weight},
+                    PAPER_TABLE3["point+pdml"] if (embedding, weight) == ("features", 0.1) else ())
+                for embedding, weight in (("features", 0.1), ("features", 0.02),
+                                          ("projection", 0.02), ("projection", 0.1))]
+        return [Row("full", {"train.supervision": "full"}, PAPER_TABLE3["full"]),
+                Row("point", {"train.supervision": "point"}, PAPER_TABLE3["point"]), *arms]
     if args.table == "5":
         ext = (paper_extension(args) if args.extension_base == "paper"
                else {"train.supervision": "point+pdml+ext"})
@@ -612,6 +622,28 @@ def render(args, rows: list[Row], records: list[dict]) -> str:
                                            "paired Δ (points)", "95% interval", "paper Δ",
                                            "verdict"), verdicts)
                 + f"\n\ngate: {'PASSED' if passed else 'NOT PASSED'} (every ordering must hold)")
+    if args.table == "pdml":
+        full, point = values(records, "full", "val_miou"), values(records, "point", "val_miou")
+        gap = (statistics.mean(full.values()) - statistics.mean(point.values())
+               if full and point else math.nan)
+        for row in rows:
+            interval = share = "—"
+            if row.label not in ("full", "point"):
+                ours = values(records, row.label, "val_miou")
+                seeds = [s for s in ours if s in point]
+                if seeds:
+                    mean, lo, hi = paired_interval([ours[s] - point[s] for s in seeds])
+                    interval = f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                    share = (f"{100 * mean / gap:+.0f}% [{100 * lo / gap:+.0f}%, "
+                             f"{100 * hi / gap:+.0f}%]")
+            paper = row.paper or (None, None)
+            table.append((row.label, cell(row.label, "val_miou"), cell(row.label, "stuff_miou"),
+                          cell(row.label, "things_miou"), interval, share,
+                          paper_cell(paper[0])))
+        header = ("run", "mIoU", "stuff mIoU", "things mIoU",
+                  "paired Δ vs point, mean [95% interval]", "share of the full - point gap",
+                  "paper mIoU")
+        return benchlib.markdown_table(header, table)
     if args.table == "4":
         reference = f"m={PAPER_MARGIN:g}, alpha={PAPER_ALPHA:g}"
         for row in rows:

@@ -1,0 +1,112 @@
+"""bench/quality.py: the calibration gate's verdicts and the --split/--scenes/--regime
+plumbing (no training: the verdicts are a pure function of the records)."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import quality  # noqa: E402  (a script folder, not a package)
+
+RECIPE = quality.PAPER_RECIPE_ROW
+
+
+def records(rows: dict[str, list[float]], ext: dict[str, list[float]] | None = None) -> list[dict]:
+    out = []
+    for row, scores in rows.items():
+        for seed, score in enumerate(scores):
+            record = {"row": row, "seed": seed, "val_miou": score}
+            if ext and row in ext:
+                record["ext_accuracy"] = ext[row][seed]
+            out.append(record)
+    return out
+
+
+def verdicts(recs) -> dict[str, str]:
+    lines, _ = quality.calibration_verdicts(recs)
+    return {line[0]: line[-1] for line in lines}
+
+
+def test_paired_interval_is_the_t_interval():
+    mean, low, high = quality.paired_interval([1.0, 2.0, 3.0])
+    # mean 2, sd 1, n 3: t(0.975, 2) = 4.302653, half-width 4.302653 / sqrt(3)
+    assert mean == 2.0
+    assert math.isclose(high - mean, 4.302653 / math.sqrt(3), rel_tol=1e-5)
+    assert math.isclose(mean - low, high - mean)
+
+
+def test_the_papers_orderings_pass_the_gate():
+    rows = {"full": [0.60, 0.62, 0.61], "point": [0.40, 0.42, 0.41],
+            "score (0.7)": [0.30, 0.33, 0.31], "region": [0.43, 0.46, 0.44],
+            RECIPE: [0.44, 0.47, 0.45]}
+    ext = {"score (0.7)": [0.55, 0.58, 0.56], "region": [0.97, 0.98, 0.97]}
+    lines, passed = quality.calibration_verdicts(records(rows, ext))
+    assert passed and all(line[-1] == "held" for line in lines)
+
+
+def test_score_above_point_is_contradicted_and_fails_the_gate():
+    rows = {"full": [0.60, 0.62, 0.61], "point": [0.40, 0.42, 0.41],
+            "score (0.7)": [0.45, 0.47, 0.46], "region": [0.43, 0.46, 0.44],
+            RECIPE: [0.44, 0.47, 0.45]}
+    ext = {"score (0.7)": [0.85, 0.86, 0.84], "region": [0.97, 0.98, 0.97]}
+    got = verdicts(records(rows, ext))
+    assert got["Table 5: score alone below point CE"] == "contradicted"
+    # 12 points apart is not "far below" (>= 20): not held, though above 0.
+    assert got["Table 5: score's extension accuracy far (>= 20 points) below region's"] == "not held"
+    assert not quality.calibration_verdicts(records(rows, ext))[1]
+
+
+def test_an_interval_across_zero_is_not_held_and_a_missing_row_is_not_run():
+    rows = {"point": [0.40, 0.42, 0.41], "region": [0.41, 0.41, 0.42]}  # +0.3, -1.0, +1.0
+    got = verdicts(records(rows))
+    assert got["Table 5: region above point CE"] == "not held"
+    assert got["Table 3: point+pdml+ext < full"] == "not run"
+    # "not below" holds while the interval reaches 0 or above.
+    tie = {"region": [0.44, 0.46, 0.45], RECIPE: [0.45, 0.45, 0.45]}
+    assert verdicts(records(tie))["Table 5: score+region >= region"] == "held"
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_split_scenes_and_regime_reach_the_config_and_the_file_name(split, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--table", "calibration", "--regime",
+                                      "imagenet", "--scenes", "v2", "--split", split])
+    args = quality.parse_args()
+    cfg = quality.base_config(args)
+    assert cfg.data.eval_split == split and cfg.data.dataset == "synthetic_v2"
+    assert (cfg.model.backbone, cfg.model.pretrained) == ("efficientnet_lite0", "imagenet")
+    assert f"synthetic-v2-200-50-50-96px-seed0-test1" in cfg.data.root
+    from pdml_ray.models.efficientnet import LITE0_SHA256
+    assert quality.weights_digest(cfg) == LITE0_SHA256
+    # The split is a setting of the run: the same run on val and on test are two runs.
+    other = cfg.replace(**{"data.eval_split": "val" if split == "test" else "test"})
+    assert quality.run_key(cfg) != quality.run_key(other)
+
+
+def test_a_record_says_which_split_it_ran_on(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--table", "calibration", "--regime",
+                                      "imagenet", "--scenes", "v2", "--split", "test",
+                                      "--seeds", "10"])
+    args = quality.parse_args()
+    cfg = quality.base_config(args)
+    trained = []
+
+    def fake_train(run_cfg):  # stands in for a Ray run: what the table does with its result
+        trained.append(run_cfg)
+        return {"val_miou": 0.5, "mlflow_run_id": f"run{len(trained)}"}
+
+    monkeypatch.setattr(quality, "train_once", fake_train)
+    monkeypatch.setattr(quality, "finished_runs", lambda cfg=None: {})
+    saved = []
+    rows = quality.table_rows(args)[:2]
+    recs = quality.run_rows(cfg, rows, args, [], saved.append)
+    assert [r["split"] for r in recs] == ["test", "test"]
+    assert all(c.data.eval_split == "test" and c.train.seed == 10 for c in trained)
+    assert recs[0]["config"]["data"]["eval_split"] == "test"
+    # A rerun skips what is recorded: resumable.
+    again = quality.run_rows(cfg, rows, args, recs, saved.append)
+    assert len(trained) == 2 and again == recs
