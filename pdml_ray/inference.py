@@ -24,7 +24,8 @@ Memory grows with the predicted view: the averaged probabilities are ``C x h x w
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +40,11 @@ from pdml_ray.models import build_model
 
 DEFAULT_OVERLAP = 1 / 3  # of the tile side, as mmsegmentation's usual 512/341 crop/stride
 WINDOW_BATCH = 4  # windows per forward pass: faster than one by one, bounded memory
-Progress = Callable[[int, int], None]  # progress(windows done, windows in the image)
+PROBE_SIDE = 64  # the input side at which the convolutions' shares of a pass are measured
+# progress(windows done, windows in the image); within a forward pass ``done`` moves on by
+# fractions of its windows as the network's convolutions run (a large photo in one window
+# took minutes with nothing to show).
+Progress = Callable[[float, int], None]
 
 
 def check_inference_options(tile: int | None, overlap: float, scales: Sequence[float]) -> None:
@@ -113,6 +118,36 @@ def window_grid(height: int, width: int, tile: int | None, overlap: float
             for left, cols_owned in zip(cols, owned_ranges(cols, tile_w, width))]
 
 
+def conv_cost(module: nn.Conv2d, output: torch.Tensor) -> float:
+    """Multiply-adds of one call of ``module`` that produced ``output``."""
+    kernel_h, kernel_w = module.kernel_size
+    return float(output.numel() * kernel_h * kernel_w * module.in_channels // module.groups)
+
+
+@contextmanager
+def conv_progress(model: nn.Module, shares: Sequence[float],
+                  report: Callable[[float], None]) -> Iterator[None]:
+    """Call ``report(fraction of the pass done)`` as each convolution of a forward pass of
+    ``model`` finishes; ``shares`` are the convolutions' shares of a pass, in the order
+    they run (:meth:`SceneParser.conv_shares`)."""
+    done, calls = 0.0, 0
+
+    def finished(module, inputs, output) -> None:
+        nonlocal done, calls
+        if calls < len(shares):
+            done += shares[calls]
+        calls += 1
+        report(min(done, 1.0))
+
+    handles = [module.register_forward_hook(finished) for module in model.modules()
+               if isinstance(module, nn.Conv2d)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def view_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """The size of the view at ``scale`` of a ``height x width`` image."""
     if scale == 1.0:
@@ -137,6 +172,7 @@ class SceneParser:
         dataset = dataset_class(cfg.data.dataset)
         self.classes: tuple[str, ...] = tuple(dataset.classes)
         self.palette: tuple[tuple[int, int, int], ...] = tuple(map(tuple, dataset.palette))
+        self._conv_shares: tuple[float, ...] | None = None
 
     @classmethod
     def from_state(cls, state_dict: Mapping[str, torch.Tensor], config: Mapping,
@@ -158,17 +194,53 @@ class SceneParser:
         (``data.crop_size`` of the config recorded with it)."""
         return self.cfg.data.crop_size
 
+    @torch.no_grad()
+    def conv_shares(self) -> tuple[float, ...]:
+        """Each convolution's share of the multiply-adds of one forward pass, in the order
+        they run: measured once on a ``PROBE_SIDE`` square (every feature map grows with
+        the input's area, so the shares hold at any size)."""
+        if self._conv_shares is None:
+            costs: list[float] = []
+            handles = [module.register_forward_hook(
+                lambda module, inputs, output: costs.append(conv_cost(module, output)))
+                for module in self.model.modules() if isinstance(module, nn.Conv2d)]
+            try:
+                self.model(torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE, device=self.device))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            total = sum(costs) or 1.0
+            self._conv_shares = tuple(cost / total for cost in costs)
+        return self._conv_shares
+
+    def _forward(self, x: torch.Tensor, advance: Callable[[float], None] | None
+                 ) -> torch.Tensor:
+        """``self.model(x)["out"]``, calling ``advance(fraction of x's windows done)`` as
+        the pass goes when ``advance`` is given."""
+        if advance is None:
+            return self.model(x)["out"]
+        windows, reported = len(x), 0.0
+
+        def report(fraction: float) -> None:
+            nonlocal reported
+            if fraction > reported:
+                advance(windows * (fraction - reported))
+                reported = fraction
+
+        with conv_progress(self.model, self.conv_shares(), report):
+            logits = self.model(x)["out"]
+        report(1.0)
+        return logits
+
     def _window_logits(self, x: torch.Tensor, tile: int | None, overlap: float,
-                       advance: Callable[[int], None] = lambda windows: None) -> torch.Tensor:
+                       advance: Callable[[float], None] | None = None) -> torch.Tensor:
         """Logits ``(1, C, h, w)`` of a normalised ``(1, 3, h, w)`` view, by windows when
-        the view is larger than ``tile`` on either side; ``advance(n)`` after each pass
-        of ``n`` windows."""
+        the view is larger than ``tile`` on either side; ``advance(n)`` as each pass
+        makes progress through its windows (fractions of them within the pass)."""
         height, width = x.shape[-2:]
         windows = window_grid(height, width, tile, overlap)
         if len(windows) == 1:
-            logits = self.model(x)["out"]
-            advance(1)
-            return logits
+            return self._forward(x, advance)
         tile_h, tile_w = min(tile, height), min(tile, width)
         out = None
         # Windows share one size, so a few go through the model together.
@@ -176,12 +248,11 @@ class SceneParser:
             group = windows[first:first + WINDOW_BATCH]
             crops = torch.cat([x[..., top:top + tile_h, left:left + tile_w]
                                for top, left, _, _ in group])
-            logits = self.model(crops)["out"]
+            logits = self._forward(crops, advance)
             if out is None:
                 out = logits.new_empty(1, logits.shape[1], height, width)
             for k, (top, left, (y0, y1), (x0, x1)) in enumerate(group):
                 out[0, :, y0:y1, x0:x1] = logits[k, :, y0 - top:y1 - top, x0 - left:x1 - left]
-            advance(len(group))
         return out
 
     @torch.no_grad()
@@ -196,8 +267,9 @@ class SceneParser:
             overlap: share of ``tile`` that neighbouring windows overlap, in [0, 1).
             scales: resize factors of the views (1.0 = the image as given).
             flip: also run each scale mirrored left-right (and mirror the result back).
-            progress: ``progress(done, total)`` after each forward pass, counting windows
-                over all views, when the image takes more than one window.
+            progress: ``progress(done, total)`` as the forward passes go, counting windows
+                over all views (``total``), ``done`` moving on within each pass as its
+                convolutions run: an image predicted in one window shows progress too.
         """
         check_inference_options(tile, overlap, scales)
         x = to_model_input(image).unsqueeze(0).to(self.device)
@@ -205,13 +277,13 @@ class SceneParser:
         mirrors = (False, True) if flip else (False,)
         windows = len(mirrors) * sum(len(window_grid(*view_size(height, width, scale), tile,
                                                      overlap)) for scale in scales)
-        done = 0
+        done = 0.0
 
-        def advance(count: int) -> None:
+        def advance(count: float) -> None:
             nonlocal done
             done += count
-            if progress is not None and windows > 1:
-                progress(done, windows)
+            # the last pass ends exactly on the total, whatever the rounding on the way
+            progress(min(done, windows) if abs(done - windows) > 1e-6 else windows, windows)
 
         total, views = None, 0
         for scale in scales:
@@ -222,7 +294,7 @@ class SceneParser:
                                      antialias=scale < 1.0)  # no aliasing when shrinking
             for mirrored in mirrors:
                 logits = self._window_logits(view.flip(-1) if mirrored else view, tile, overlap,
-                                             advance)
+                                             advance if progress is not None else None)
                 if mirrored:
                     logits = logits.flip(-1)
                 if logits.shape[-2:] != (height, width):

@@ -134,3 +134,35 @@ def test_single_scale_is_unchanged_by_the_options_that_do_nothing():
                                parser.probabilities(image), rtol=0, atol=0)
     twice = parser.probabilities(image, scales=(1.0, 1.0))
     torch.testing.assert_close(twice, parser.probabilities(image))
+
+
+# -- progress within an image -----------------------------------------------------------
+def test_one_window_reports_its_progress_as_the_convolutions_run():
+    """A large photo at full resolution is one forward pass: its progress moves on as the
+    network's convolutions finish, each by its share of the pass's multiply-adds (conv1:
+    3 in, 6 out; conv2: 6 in, 8 out; 3x3 kernels, one output pixel each per input pixel),
+    and ends on the whole window."""
+    parser = SceneParser(LocalModel(), Config())
+    image = random_image(40, 56)
+    seen = []
+    classes = parser.predict(image, progress=lambda done, total: seen.append((done, total)))
+    conv1, conv2 = 3 * 6 * 9, 6 * NUM_CLASSES * 9
+    assert parser.conv_shares() == pytest.approx((conv1 / (conv1 + conv2),
+                                                  conv2 / (conv1 + conv2)))
+    assert seen == [(pytest.approx(conv1 / (conv1 + conv2)), 1), (1, 1)]
+    np.testing.assert_array_equal(classes, parser.predict(image))  # hooks change nothing
+
+
+def test_progress_of_windows_moves_within_each_pass_and_counts_every_window():
+    """Several windows (four per pass), both mirrors: ``done`` rises through fractions of
+    each pass, never goes back, and ends exactly on the number of windows."""
+    parser = SceneParser(LocalModel(), Config())
+    seen = []
+    parser.probabilities(random_image(37, 53), tile=16, overlap=0.5, flip=True,
+                         progress=lambda done, total: seen.append((done, total)))
+    totals = {total for _, total in seen}
+    assert len(totals) == 1 and totals.pop() == 2 * 4 * 6  # 4 rows x 6 columns, mirrored
+    dones = [done for done, _ in seen]
+    assert dones == sorted(dones) and dones[-1] == 48
+    assert any(done % 1 for done in dones)  # within a pass, not only after it
+    assert len(dones) == 2 * 2 * 6  # two convolutions a pass, six passes of 4 a view

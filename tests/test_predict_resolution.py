@@ -108,10 +108,11 @@ def test_working_resolution_tiles_a_view_still_larger_than_a_tile(parser):
     np.testing.assert_array_equal(tiled, nearest_up(whole, (200, 500)))
 
 
-def test_a_photo_predicted_in_one_window_reports_no_tile_progress(parser):
+def test_a_photo_predicted_in_one_window_reports_progress_within_the_pass(parser):
     seen = []
     parser.predict(photo(200, 300), resolution=96, progress=lambda *args: seen.append(args))
-    assert seen == []
+    assert {total for _, total in seen} == {1} and seen[-1] == (1, 1)
+    assert 0 < seen[0][0] < 1 and [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
 def test_full_resolution_is_the_exact_prediction_of_every_pixel(parser):

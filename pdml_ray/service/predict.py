@@ -174,19 +174,24 @@ def _read(source: Path) -> bytes:
 
 # -- here ----------------------------------------------------------------------------
 class TileBar:
-    """A :data:`~pdml_ray.inference.Progress` callback drawing one tqdm bar of windows per
-    image predicted in several (the image bar alone would sit still for minutes)."""
+    """A :data:`~pdml_ray.inference.Progress` callback drawing one tqdm bar per image, of
+    its windows and of the way through each forward pass (the image bar alone sat at 0/1
+    for minutes on a large photo at full resolution). ``delay``: seconds an image must
+    take before its bar shows, so quick images do not flash one each."""
 
-    def __init__(self, **tqdm_options):
-        self.options = {"desc": "windows", "unit": "window", "leave": False, **tqdm_options}
+    def __init__(self, *, delay: float = 1.0, **tqdm_options):
+        self.options = {"unit": "window", "leave": False, "delay": delay,
+                        "bar_format": "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+                        **tqdm_options}
         self.bar = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: float, total: int) -> None:
         from tqdm import tqdm
 
         if self.bar is None or self.bar.total != total or done < self.bar.n:
             self.close()
-            self.bar = tqdm(total=total, **self.options)
+            windows = f"{total} window{'s' if total > 1 else ''}"
+            self.bar = tqdm(total=total, desc=f"this image ({windows})", **self.options)
         self.bar.update(done - self.bar.n)
         if done >= total:
             self.close()
@@ -202,7 +207,8 @@ def predict_local(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *
                   max_pixels: int = MAX_IMAGE_PIXELS, progress: Progress | None = None
                   ) -> Iterator[list[PredictionOutcome]]:
     """Predict image by image in this process; yields ``[outcome]`` after each image.
-    ``progress(done, total)`` counts the windows of each image predicted in several."""
+    ``progress(done, total)`` counts the windows of each image, moving on within each
+    forward pass (:meth:`SceneParser.probabilities`)."""
     for source, stem in zip(sources, output_stems(sources)):
         try:
             classes_png, overlay_png, present = render(parser, _read(source), alpha=alpha,

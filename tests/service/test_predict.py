@@ -18,7 +18,7 @@ from PIL import Image
 from pdml_ray.config import from_dict, resolve_paths
 from pdml_ray.data.synthetic import SYNTHETIC_PALETTE
 from pdml_ray.models import build_model
-from pdml_ray.service.predict import collect_inputs, decode_image, output_stems
+from pdml_ray.service.predict import TileBar, collect_inputs, decode_image, output_stems
 from pdml_ray.service.registry.register import log_and_register
 from pdml_ray.service.tracking import start_run
 from tests.helpers import job_env, run_job
@@ -85,6 +85,19 @@ def test_decode_image_gives_rgb_for_every_kind_of_input():
     assert decode_image(buffer.getvalue()).shape == (14, 9, 3)
     with pytest.raises(ValueError, match="not an image"):
         decode_image(b"GIF89a but not really")
+
+
+def test_the_image_bar_moves_within_one_window():
+    """What jobs.predict --full-resolution shows while a large photo goes through the
+    network in one pass (it used to show 0/1 until the photo was done)."""
+    shown = io.StringIO()
+    bar = TileBar(delay=0, file=shown, mininterval=0)
+    bar(0.25, 1)
+    bar(0.5, 1)
+    assert "this image (1 window):  25%|" in shown.getvalue()
+    assert "this image (1 window):  50%|" in shown.getvalue()
+    bar(1, 1)
+    assert bar.bar is None  # closed once the image is done: the next one gets a new bar
 
 
 def test_inputs_and_output_names(tmp_path):
