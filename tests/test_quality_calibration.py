@@ -110,3 +110,16 @@ def test_a_record_says_which_split_it_ran_on(monkeypatch):
     # A rerun skips what is recorded: resumable.
     again = quality.run_rows(cfg, rows, args, recs, saved.append)
     assert len(trained) == 2 and again == recs
+
+
+def test_demo_table_times_each_start_to_the_lower_final_score():
+    slow, fast = quality.DEMO_ROWS
+    recs = [{"row": slow, "seed": 0, "val_miou": 0.45,
+             "curve_seconds": [(60, 0.2), (120, 0.4), (300, 0.45)]},
+            {"row": fast, "seed": 0, "val_miou": 0.55,
+             "curve_seconds": [(60, 0.35), (120, 0.5), (280, 0.55)]}]
+    lines = [line.split(" | ") for line in quality.render_demo(recs).splitlines()[2:]]
+    # target 45.0: ResNet-18 reaches it at its end (300 s), Lite0 at 120 s; when the
+    # quicker run ended (280 s) ResNet-18 stood at 40.0.
+    assert [line[4] for line in lines] == ["300", "120"]
+    assert [line[5].rstrip(" |") for line in lines] == ["40.0", "55.0"]
