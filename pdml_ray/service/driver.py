@@ -28,7 +28,7 @@ from pdml_ray.data import DataError, build_dataset, ensure_synthetic
 from pdml_ray.service.checkpoint import load_training_state, prune_checkpoints
 from pdml_ray.service.data_check import StopOnDataError, check_headers, data_error_of_run
 from pdml_ray.service.phases import PHASES, phase_metric
-from pdml_ray.service.preflight import check_before_training
+from pdml_ray.service.preflight import check_before_training, record_run_config
 from pdml_ray.service.progress import console_board
 from pdml_ray.service.registry.register import RegisteredModel, log_and_register
 from pdml_ray.service.runtime import wait_for_ray
@@ -118,6 +118,7 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
     wait_for_ray()
     check_before_training(cfg)  # a changed resume, or workers the cluster cannot hold
     run_name = cfg.ray.run_name or unique_run_name()
+    record_run_config(cfg, run_name)  # beside the checkpoints: what a resume is checked against
     run_id = start_run(cfg, ray_run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     log.info("MLflow run   %s in %s\ncheckpoints  %s", run_id, uri,
              os.path.join(cfg.ray.storage_path, run_name))

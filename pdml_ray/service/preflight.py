@@ -14,13 +14,14 @@ import math
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import ray
 from ray._private import state as ray_state  # as Ray Train reads the autoscaler's maximum
 from mlflow.tracking import MlflowClient
 
-from pdml_ray.config import Config, ConfigError, load_config
+from pdml_ray.config import Config, ConfigError, dump_config, load_config
 from pdml_ray.service.tracking import TrackingUnavailable, check_tracking_store, find_run
 
 log = logging.getLogger(__name__)
@@ -218,19 +219,89 @@ def changed_settings(cfg: Config, run_id: str, *, include_sweep: bool = False,
             log.warning("cannot compare with the config MLflow run %s started with: %s",
                         run_id, exc)
             return None
-    before, now = original.flat(include_sweep=include_sweep), cfg.flat(include_sweep=include_sweep)
-    return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(now)
-            if before.get(key) != now.get(key) and key not in may_change]
+    return differences(original, cfg, include_sweep=include_sweep, may_change=may_change)
+
+
+def differences(before: Config, now: Config, *, include_sweep: bool = False,
+                may_change: frozenset[str] = RESUME_MAY_CHANGE) -> list[str]:
+    """``["train.lr: 0.002 -> 0.01", ...]``: every setting of ``now`` that differs from
+    ``before``, but those in ``may_change``."""
+    old, new = before.flat(include_sweep=include_sweep), now.flat(include_sweep=include_sweep)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(new)
+            if old.get(key) != new.get(key) and key not in may_change]
+
+
+# The run's resolved config, kept beside Ray's checkpoints in <storage_path>/<run name>/:
+# Ray resumes from that folder whatever MLflow store or experiment the job names now.
+RUN_CONFIG_FILE = "pdml_run_config.yaml"
+
+
+def _run_storage(cfg: Config, run_name: str):
+    """``(pyarrow filesystem, path of the run's folder)`` under ``ray.storage_path`` (a
+    local folder or a pyarrow URI such as ``s3://bucket/x``), where Ray keeps its
+    checkpoints."""
+    import pyarrow.fs as pafs
+
+    storage = cfg.ray.storage_path
+    if "://" in storage:
+        fs, base = pafs.FileSystem.from_uri(storage)
+    else:
+        fs, base = pafs.LocalFileSystem(), str(Path(storage).resolve())
+    return fs, f"{base.rstrip('/')}/{run_name}"
+
+
+def record_run_config(cfg: Config, run_name: str) -> str:
+    """Write ``cfg`` (resolved) into Ray run ``run_name``'s storage folder, beside its
+    checkpoints (a temporary name first, then moved); returns the file's path."""
+    fs, folder = _run_storage(cfg, run_name)
+    fs.create_dir(folder, recursive=True)
+    path = f"{folder}/{RUN_CONFIG_FILE}"
+    with fs.open_output_stream(f"{path}.tmp") as stream:
+        stream.write(dump_config(cfg.resolved()).encode())
+    fs.move(f"{path}.tmp", path)
+    return path
+
+
+def recorded_run_config(cfg: Config, run_name: str) -> Config | None:
+    """The config Ray run ``run_name`` recorded beside its checkpoints, or None if it has
+    none (a new run, or one started before the file was kept). A file that is there but
+    cannot be read is refused (ConfigError): a resume would go unchecked."""
+    import pyarrow.fs as pafs
+
+    fs, folder = _run_storage(cfg, run_name)
+    path = f"{folder}/{RUN_CONFIG_FILE}"
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / RUN_CONFIG_FILE  # load_config reads local files only
+        try:
+            if fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
+            with fs.open_input_stream(path) as stream:
+                copy.write_bytes(stream.read())
+            return load_config(copy)
+        except (OSError, ConfigError) as exc:
+            reason = str(exc).removeprefix(f"{copy}: ")
+    raise ConfigError(f"ray.run_name: run {run_name!r} has a config beside its checkpoints "
+                      f"that cannot be read ({path}: {reason}); a resume could not be checked "
+                      "against it: restore the file, or give a new ray.run_name")
 
 
 def check_same_run(cfg: Config) -> None:
     """Refuse to resume Ray run ``ray.run_name`` with settings other than its own: its
-    checkpoint, MLflow params and registered model would disagree with what was trained."""
+    checkpoint, MLflow params and registered model would disagree with what was trained.
+
+    Compared with the config recorded beside the run's checkpoints (found whatever MLflow
+    store or experiment the job names now), then with the one its MLflow run logged."""
     name = cfg.ray.run_name
-    run_id = find_run(cfg, name) if name else None
-    if run_id is None:
+    if not name:
         return
-    changed = changed_settings(cfg, run_id, may_change=TRAIN_RESUME_MAY_CHANGE)
+    recorded = recorded_run_config(cfg, name)
+    changed = (differences(recorded, cfg.resolved(), may_change=TRAIN_RESUME_MAY_CHANGE)
+               if recorded is not None else None)
+    if not changed:
+        run_id = find_run(cfg, name)
+        if run_id is None:
+            return
+        changed = changed_settings(cfg, run_id, may_change=TRAIN_RESUME_MAY_CHANGE)
     if changed:
         raise ConfigError(f"ray.run_name: run {name!r} was started with other settings "
                           f"({'; '.join(changed)}); resume it with its original settings, or "

@@ -3,6 +3,8 @@ hold, a resume with other settings, a read-only command on a store that is not t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pdml_ray.config import ConfigError
@@ -157,6 +159,68 @@ def test_resuming_a_run_with_other_settings_is_refused_naming_the_keys(cfg):
         "8.0; train.lr: 0.002 -> 0.01); resume it with its original settings, or give a new "
         "ray.run_name")
     check_same_run(changed.replace(**{"ray.run_name": "another-name"}))  # a new run
+
+
+def test_a_changed_resume_is_refused_from_the_config_beside_the_checkpoints(cfg, tmp_path):
+    """Found in the run's storage folder, where Ray resumes from, whatever MLflow store or
+    experiment the job names now (the MLflow run is in another experiment here)."""
+    original = cfg.replace(**{"ray.run_name": "resume-me"})
+    start_run(original, ray_run_name="resume-me")
+    path = preflight.record_run_config(original, "resume-me")  # what run_training does
+    assert path == f"{tmp_path / 'ray_results' / 'resume-me'}/{preflight.RUN_CONFIG_FILE}"
+    elsewhere = original.replace(**{"mlflow.experiment": "elsewhere"})
+    check_same_run(original.replace(**{"train.epochs": 6}))  # train on from the checkpoint
+    with pytest.raises(ConfigError) as refused:
+        check_before_training(elsewhere.replace(**{"train.lr": 0.01}))
+    assert str(refused.value) == (
+        "ray.run_name: run 'resume-me' was started with other settings (mlflow.experiment: "
+        "'e2e' -> 'elsewhere'; train.lr: 0.002 -> 0.01); resume it with its original "
+        "settings, or give a new ray.run_name")
+    # Another tracking store, where no MLflow run of that name exists at all.
+    other_store = original.replace(**{
+        "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'other.db'}", "train.lr": 0.01})
+    with pytest.raises(ConfigError, match=r"\(mlflow.tracking_uri: .*; train.lr: 0.002 -> "
+                                          r"0.01\); resume it"):
+        check_same_run(other_store)
+
+
+def test_an_unreadable_config_beside_the_checkpoints_is_refused_not_skipped(cfg, tmp_path):
+    original = cfg.replace(**{"ray.run_name": "resume-me"})
+    path = Path(preflight.record_run_config(original, "resume-me"))
+    path.write_text("train: [not, a, mapping\n")
+    with pytest.raises(ConfigError) as refused:
+        check_same_run(original.replace(**{"train.lr": 0.01}))
+    assert str(refused.value).startswith(
+        f"ray.run_name: run 'resume-me' has a config beside its checkpoints that cannot be "
+        f"read ({path}: not valid YAML: ")
+    assert str(refused.value).endswith("); a resume could not be checked against it: restore "
+                                       "the file, or give a new ray.run_name")
+
+
+@pytest.mark.ray
+def test_jobs_train_refuses_a_changed_resume_under_another_experiment(tmp_path, job_tmpdir):
+    """The issue's case: the same ray.run_name, another mlflow.experiment, train.lr=0.01
+    (it trained to the end and exited 0)."""
+    from pdml_ray.config import dump_config
+    from tests.helpers import job_env, run_job
+
+    cfg = tiny_config(tmp_path, tmp_path / "synthetic", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                      ray={"run_name": "resume-me"}, mlflow={"register": False})
+    start_run(cfg, ray_run_name="resume-me")
+    preflight.record_run_config(cfg, "resume-me")
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(dump_config(cfg))
+    job = run_job("jobs.train", "--config", str(config_file), "--project-dir", str(tmp_path),
+                  "--set", "mlflow.experiment=elsewhere", "--set", "train.lr=0.01",
+                  env=job_env(job_tmpdir), timeout_s=600)
+    assert job.returncode == 2, job.stderr[-3000:]
+    assert "Traceback" not in job.stderr
+    assert [line for line in job.stderr.splitlines() if line.startswith("error: ")] == [
+        "error: ray.run_name: run 'resume-me' was started with other settings "
+        "(mlflow.experiment: 'e2e' -> 'elsewhere'; train.lr: 0.002 -> 0.01); resume it with "
+        "its original settings, or give a new ray.run_name"]
+    assert [path.name for path in (tmp_path / "ray_results" / "resume-me").iterdir()] == [
+        preflight.RUN_CONFIG_FILE]  # nothing trained
 
 
 # -- read-only commands --------------------------------------------------------------------
