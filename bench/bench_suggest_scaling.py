@@ -63,7 +63,7 @@ def main() -> None:
     import torch
 
     from pdml_ray.data import dataset_class, ensure_synthetic, generate_point_table
-    from pdml_ray.data.registry import dataset_class as classes_of
+    from pdml_ray.data.catalog import dataset_class as classes_of
     from pdml_ray.models import build_model
     from pdml_ray.service.infer.sources import image_sources
     from pdml_ray.service.runtime import configure_logging, ray_session

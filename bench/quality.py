@@ -282,7 +282,7 @@ def class_groups(cfg, per_class_iou: list[float]) -> dict[str, float]:
     """Stuff and thing mIoU of the synthetic scenes (NaN classes left out)."""
     if not cfg.data.dataset.startswith("synthetic"):
         return {}
-    from pdml_ray.data.registry import dataset_class
+    from pdml_ray.data.catalog import dataset_class
 
     dataset = dataset_class(cfg.data.dataset)
     groups = {"stuff_miou": [], "things_miou": []}
@@ -298,7 +298,7 @@ def last_evaluation(cfg, uri: str, run_id: str) -> dict:
     The score is the last evaluation, never the best one: picking an epoch on the
     validation split would flatter whichever row's curve is noisiest.
     """
-    from pdml_ray.data.registry import dataset_class
+    from pdml_ray.data.catalog import dataset_class
     from pdml_ray.service.tracking import metric_key
 
     curve = benchlib.metric_history(uri, run_id, "val_miou")

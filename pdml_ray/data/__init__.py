@@ -12,7 +12,7 @@ from .factory import build_dataset, ensure_synthetic, points_path
 from .pascal_context import PascalContextDataset
 from .points import PointTable, generate_points, read_points, write_points
 from .prepare import describe_points, generate_point_table, import_point_table, prepare_points
-from .registry import DATASETS, dataset_class
+from .catalog import DATASETS, dataset_class
 from .synthetic import SyntheticDataset, describe_scenes, generate_scenes
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, rasterize_points, to_model_input,
                          train_transform)

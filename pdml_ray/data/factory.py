@@ -12,7 +12,7 @@ from .errors import DataError
 from .io import atomic_directory
 from .points import PointTable, write_points
 from .prepare import generate_point_table
-from .registry import dataset_class
+from .catalog import dataset_class
 from .synthetic import SyntheticDataset, generation_settings, read_scene_info, write_scenes
 from .transforms import train_transform as make_train_transform
 

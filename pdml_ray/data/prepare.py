@@ -17,7 +17,7 @@ from .base import SegmentationDataset
 from .errors import DataError
 from .io import image_size
 from .points import PointTable, generate_points, write_points
-from .registry import dataset_class
+from .catalog import dataset_class
 
 # Table 2 of the paper: labelled pixels per training image.
 PAPER_POINTS_PER_IMAGE = {"PASCAL-Context": 12.26, "ADE20K": 13.96}

@@ -1,4 +1,6 @@
-"""Dataset classes by name (the values of ``DataConfig.dataset``)."""
+"""The dataset catalogue: dataset classes by name (the values of ``DataConfig.dataset``).
+
+Not to be confused with the MLflow model registry (``pdml_ray.service.registry``)."""
 
 from __future__ import annotations
 
