@@ -37,6 +37,7 @@ from . import synthetic_v2 as v2
 from .base import SPLIT_FOLDERS, ImageRecord, SegmentationDataset, paired_records
 from .errors import DataError
 from .io import atomic_directory
+from .scene_drawing import finish_scene
 
 STUFF_CLASSES = ("sky", "ground", "water", "wall")
 THING_CLASSES = ("ball", "crate", "cone", "kite")
@@ -217,21 +218,7 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
                 label = np.where(shape, cls, label)
                 instances = np.where(shape, len(stuff) + len(full_areas), instances)
                 break
-    for number, (shape, colours) in enumerate(layers, start=1):
-        visible = owners == number
-        shown = colours[visible[shape]]  # the thing's own pixels that stay visible
-        image[visible] = shown * rng.uniform(0.85, 1.15) + rng.normal(0, 0.03, shown.shape)
-
-    # Scene-wide lighting: a brightness gradient in a random direction, and sensor noise.
-    direction = rng.uniform(0, 2 * np.pi)
-    gradient = ((x - size / 2) * np.cos(direction) + (y - size / 2) * np.sin(direction)) / size
-    image = (image * (1 + rng.uniform(0, 0.3) * gradient)[..., None]
-             + rng.normal(0, 0.02, image.shape))
-    image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-    # A band may end up hidden (crossing borders, covered by things): renumber the visible
-    # instances to 1..n, keeping their order.
-    _, instances = np.unique(instances, return_inverse=True)
-    return image, label.astype(np.uint8), (instances.reshape(size, size) + 1).astype(np.uint8)
+    return finish_scene(rng, image, label, instances, owners, layers, y, x)
 
 
 # -- a whole dataset -----------------------------------------------------------------

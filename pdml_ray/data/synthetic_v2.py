@@ -32,6 +32,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from .scene_drawing import finish_scene
+
 STUFF_CLASSES = ("sky", "water", "road", "grass", "sand", "wall", "building")
 THING_CLASSES = ("puddle", "rock", "bush", "window", "bird", "kite", "ball", "cone", "sign",
                  "crate")
@@ -275,15 +277,4 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
                 label = np.where(shape, CLASSES.index(name), label)
                 instances = np.where(shape, len(bands) + len(full_areas), instances)
                 break
-    for number, (shape, colours) in enumerate(layers, start=1):
-        visible = owners == number
-        shown = colours[visible[shape]]
-        image[visible] = shown * rng.uniform(0.85, 1.15) + rng.normal(0, 0.03, shown.shape)
-
-    direction = rng.uniform(0, 2 * np.pi)
-    gradient = ((x - size / 2) * np.cos(direction) + (y - size / 2) * np.sin(direction)) / size
-    image = (image * (1 + rng.uniform(0, 0.3) * gradient)[..., None]
-             + rng.normal(0, 0.02, image.shape))
-    image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-    _, instances = np.unique(instances, return_inverse=True)
-    return image, label.astype(np.uint8), (instances.reshape(size, size) + 1).astype(np.uint8)
+    return finish_scene(rng, image, label, instances, owners, layers, y, x)
