@@ -62,7 +62,8 @@ def predicted_regions(predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def region_candidates(score: np.ndarray, predicted: np.ndarray, *, per_region: int,
-                      suppression_radius: float, min_region_pixels: int = 1) -> Candidates:
+                      suppression_radius: float, min_region_pixels: int = 1,
+                      allowed: np.ndarray | None = None) -> Candidates:
     """Up to ``per_region`` candidates in every predicted region of at least
     ``min_region_pixels`` pixels.
 
@@ -73,6 +74,8 @@ def region_candidates(score: np.ndarray, predicted: np.ndarray, *, per_region: i
         suppression_radius: a region's next candidate lies farther than this (pixels)
             from its earlier ones.
         min_region_pixels: smaller regions (specks along class borders) get none.
+        allowed: ``(h, w)`` bool, where candidates may lie (None: everywhere); a region
+            counts its pixels outside it towards its size, but offers none of them.
 
     Returns:
         :class:`Candidates` ordered by region, then tier. Equal scores go to the first
@@ -92,7 +95,8 @@ def region_candidates(score: np.ndarray, predicted: np.ndarray, *, per_region: i
             continue
         ys, xs = np.nonzero(inside)
         values = score[box][ys, xs]
-        available = np.ones(len(ys), dtype=bool)
+        available = (np.ones(len(ys), dtype=bool) if allowed is None
+                     else np.asarray(allowed)[box][ys, xs].copy())
         for tier in range(per_region):
             if not available.any():
                 break

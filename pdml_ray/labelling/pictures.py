@@ -36,7 +36,7 @@ def suggestion_overlay(image: np.ndarray, marks: Sequence[tuple[int, int, int, s
     factor = max(1, -(-min_side // min(height, width)))
     picture = Image.fromarray(image).resize((width * factor, height * factor), Image.NEAREST)
     draw = ImageDraw.Draw(picture)
-    radius = max(4, min(picture.size) // 60)
+    radius = max(4, min(picture.size) // 45)
     font = _font(max(12, radius * 3))
     for number, y, x, name in marks:
         cy, cx = (y + 0.5) * factor, (x + 0.5) * factor

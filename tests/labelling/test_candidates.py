@@ -69,3 +69,15 @@ def test_candidates_respect_their_rules_on_random_maps():
             assert found.score[mine][0] == score[regions == region].max()
             gaps = np.hypot(ys[:, None] - ys[None], xs[:, None] - xs[None])
             assert (gaps[np.triu_indices(len(ys), 1)] > radius).all()
+
+
+def test_candidates_lie_only_where_allowed_but_regions_keep_their_size():
+    predicted = np.zeros((4, 6), dtype=int)
+    predicted[:, 4:] = 1  # class 1: the two right columns, 8 pixels
+    score = np.arange(24, dtype=float).reshape(4, 6)  # best at the bottom right
+    allowed = np.zeros((4, 6), dtype=bool)
+    allowed[1:3, 1:5] = True
+    found = region_candidates(score, predicted, per_region=1, suppression_radius=0,
+                              min_region_pixels=8, allowed=allowed)
+    # class 0's best allowed pixel is (2, 3); class 1 keeps its 8 pixels, offers (2, 4)
+    assert sorted(zip(found.y.tolist(), found.x.tolist())) == [(2, 3), (2, 4)]

@@ -86,11 +86,12 @@ def test_an_image_s_best_candidate_is_the_tie_region_in_original_pixels():
     logits, embed = forward(FixedModel(), view)
     found = image_candidates(logits, embed, np.zeros((0, 3)), (40, 60),
                              LabelledEmbeddings.empty(2), 1.0,
-                             ScoringSettings(strategy="margin", per_region=1))
+                             ScoringSettings(strategy="margin", per_region=1, edge_margin=0.1))
     best = int(np.argmax(found.score))
     # the near-tie is rows 0-9, cols 0-14 of the view, all scoring 1 - tanh(0.05); its
-    # first pixel in raster order, view (0, 0), holds the centre of original pixel (1, 1).
-    assert (found.y[best], found.x[best], found.predicted_class[best]) == (1, 1, 1)
+    # first pixel in raster order outside the 2-pixel edge margin, view (2, 2), holds the
+    # centre of original pixel (5, 5).
+    assert (found.y[best], found.x[best], found.predicted_class[best]) == (5, 5, 1)
     assert found.score[best] == pytest.approx(1 - math.tanh(0.05), abs=1e-6)
     # one candidate per region: the left (class 1) and the right (class 0, 1 - tanh(1))
     assert sorted(found.predicted_class.tolist()) == [0, 1]

@@ -148,7 +148,7 @@ def quiet_ray_data() -> None:
     if console.verbose():
         return
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # also its note that bars are off
 
 
 def _dataset(sources: Sequence[ImageSource], batch_size: int):
