@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, Iterator, Mapping, Sequence
 from pdml_ray.reports import markdown_table  # noqa: F401  (the benchmarks' tables)
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the scripts share the jobs' command-line pieces (jobs/cli.py)
+    sys.path.insert(1, str(REPO))
 RESULTS = REPO / "bench" / "results"
 
 # The fixed synthetic benchmark (also the demo's data): 200 train / 50 val scenes of
@@ -100,12 +103,10 @@ def _strict(value: Any) -> Any:
 
 # -- configs -----------------------------------------------------------------------------
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, repeatable ``--set KEY=VALUE`` and ``--quick``, as the jobs take them."""
-    parser.add_argument("--config", help="YAML config to start from (default: the embedded "
-                        "defaults on the benchmark's synthetic scenes)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config value, e.g. "
-                        "ray.use_gpu=true (repeatable; applied last)")
+    """``--config`` and repeatable ``--set KEY=VALUE`` as the jobs take them, and ``--quick``."""
+    from jobs.cli import add_config_file_arguments
+
+    add_config_file_arguments(parser, defaults="the benchmark's synthetic scenes")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: a validation run of the script, not a figure")
 

@@ -14,12 +14,20 @@ from typing import Callable, Iterator, Sequence
 from pdml_ray.config import Config, ConfigError, load_config, project_dir, resolve_paths
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config (default: the embedded defaults: "
-                        "synthetic scenes, local Ray, sqlite MLflow)")
+def add_config_file_arguments(parser: argparse.ArgumentParser, *,
+                              defaults: str = "synthetic scenes, local Ray, sqlite MLflow"
+                              ) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE``: what every job and benchmark
+    script takes to make its config (``defaults`` says what is used without a file)."""
+    parser.add_argument("--config", help=f"YAML config (default: the embedded defaults: "
+                        f"{defaults})")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value, e.g. train.lr=0.01 "
-                        "(repeatable)")
+                        "(repeatable; applied last)")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_file_arguments(parser)
     parser.add_argument("--project-dir", default=None,
                         help="folder that relative paths and the default MLflow store live in "
                         "(default: $PDML_PROJECT_DIR or the current folder; under ray job "
