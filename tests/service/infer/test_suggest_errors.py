@@ -65,3 +65,30 @@ def test_a_label_map_without_its_image(suggest_setup, scenes_copy):
     line = error_line(suggest(suggest_setup, "--budget", "5", root=scenes_copy))
     assert line == (f"error: {image}: image not found (its label map synthetic_train_00001.png "
                     f"exists)")
+
+
+def test_a_model_of_another_dataset(suggest_setup, tmp_path):
+    """Checked in this process: the round stops before any Ray is started."""
+    import pytest
+
+    from pdml_ray.config import ConfigError, from_dict, resolve_paths
+    from pdml_ray.models import build_model
+    from pdml_ray.service.infer.round import SuggestRequest, suggest_round
+    from pdml_ray.service.registry.register import log_and_register
+    from pdml_ray.service.tracking import start_run
+
+    cfg = resolve_paths(from_dict({
+        "data": {"dataset": "ade20k"}, "model": {"backbone": "resnet18", "head": "linear"},
+        "mlflow": {"tracking_uri": suggest_setup.uri, "experiment": "other",
+                   "artifact_location": str(tmp_path / "artifacts"),
+                   "registered_model": "ade-parser"}}), tmp_path)
+    model = build_model(num_classes=150, backbone="resnet18", head="linear")
+    log_and_register(cfg, run_id=start_run(cfg, ray_run_name="ade"), state_dict=model.state_dict(),
+                     val_miou=0.1)
+    request = SuggestRequest(model_uri="models:/ade-parser@champion", dataset="synthetic",
+                             root=suggest_setup.scenes, split="train", points=None, budget=3,
+                             out=tmp_path / "s.csv", tracking_uri=suggest_setup.uri)
+    with pytest.raises(ConfigError, match=r"^--dataset synthetic: model models:/ade-parser@champion "
+                                          r"was trained on ade20k \(150 classes\)$"):
+        suggest_round(request, say=lambda line: None)
+    assert not (tmp_path / "s.csv").exists()
