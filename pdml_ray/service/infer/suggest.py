@@ -16,11 +16,12 @@ The driver then spreads the budget over all candidates (:func:`pick_suggestions`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -165,15 +166,29 @@ def _map_options(actors: int, batch_size: int, cpus_per_actor: float, gpus_per_a
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """The DataError a failed actor raised (a file it could not read), else ``exc``:
-    Ray Data hands the driver the actor's error wrapped in its own."""
+    """The DataError a failed actor raised (a file it could not read), as a plain one
+    (Ray's RayTaskError subclass of it carries the worker's traceback in its message),
+    else ``exc``."""
     seen = exc
     while seen is not None:
         if isinstance(seen, DataError):
-            return seen
+            return DataError(seen.source, seen.problem)
         cause = getattr(seen, "cause", None)
         seen = seen.__cause__ or (cause if isinstance(cause, BaseException) else None)
     return exc
+
+
+@contextlib.contextmanager
+def original_udf_errors() -> Iterator[None]:
+    """Ray Data raises what a UDF raised, not a UserCodeException whose cause (lost on
+    the way from the actor) would have been the DataError naming the file."""
+    context = ray.data.DataContext.get_current()
+    before = context.raise_original_map_exception
+    context.raise_original_map_exception = True
+    try:
+        yield
+    finally:
+        context.raise_original_map_exception = before
 
 
 def score_images(sources: Sequence[ImageSource], *, filesystem: pafs.FileSystem,
@@ -197,39 +212,42 @@ def score_images(sources: Sequence[ImageSource], *, filesystem: pafs.FileSystem,
     clicks_ref = [ray.put({k: np.asarray(v, dtype=np.int64) for k, v in clicks.items()})]
     common = {"model": model, "filesystem": filesystem, "clicks": clicks_ref,
               "threads": threads, "max_pixels": max_pixels}
-    try:
-        started = time.perf_counter()
-        bank = LabelledEmbeddings.empty(0)
-        clicked = [s for s in sources if len(clicks.get(s.image_id, _NO_CLICKS))]
-        if settings.uses_coverage and clicked:
-            chosen = random.Random(seed).sample(clicked, min(bank_images, len(clicked)))
-            embedded = _dataset(chosen, batch_size).map_batches(
-                ClickEmbedder, **_map_options(actors, batch_size, cpus_per_actor,
-                                              gpus_per_actor, common))
-            parts = [LabelledEmbeddings(torch.tensor(b["embedding"]), torch.tensor(b["class_id"]))
-                     for b in embedded.iter_batches(batch_size=None, batch_format="numpy")
-                     if len(b["class_id"])]
-            bank = LabelledEmbeddings.concatenate(parts, dim=0).capped(bank_per_class, seed)
-        bank_seconds = time.perf_counter() - started
-        spacing = typical_spacing(bank)
-        bank_ref = [ray.put((bank.embeddings.numpy().astype(np.float32), bank.classes.numpy()))]
+    with original_udf_errors():
+        try:
+            started = time.perf_counter()
+            bank = LabelledEmbeddings.empty(0)
+            clicked = [s for s in sources if len(clicks.get(s.image_id, _NO_CLICKS))]
+            if settings.uses_coverage and clicked:
+                chosen = random.Random(seed).sample(clicked, min(bank_images, len(clicked)))
+                embedded = _dataset(chosen, batch_size).map_batches(
+                    ClickEmbedder, **_map_options(actors, batch_size, cpus_per_actor,
+                                                  gpus_per_actor, common))
+                parts = [LabelledEmbeddings(torch.tensor(b["embedding"]),
+                                            torch.tensor(b["class_id"]))
+                         for b in embedded.iter_batches(batch_size=None, batch_format="numpy")
+                         if len(b["class_id"])]
+                bank = LabelledEmbeddings.concatenate(parts, dim=0).capped(bank_per_class, seed)
+            bank_seconds = time.perf_counter() - started
+            spacing = typical_spacing(bank)
+            bank_ref = [ray.put((bank.embeddings.numpy().astype(np.float32),
+                                 bank.classes.numpy()))]
 
-        started = time.perf_counter()
-        scored = _dataset(sources, batch_size).map_batches(
-            CandidateScorer, **_map_options(actors, batch_size, cpus_per_actor, gpus_per_actor,
-                                            {**common, "bank": bank_ref, "spacing": spacing,
-                                             "settings": settings}))
-        batches = []
-        for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-            batches.append(batch)
-            if progress is not None:
-                progress(len(set(batch["image_id"].tolist())))
-        scoring_seconds = time.perf_counter() - started
-    except Exception as exc:
-        shown = _unwrap(exc)
-        if shown is exc:
-            raise
-        raise shown from None
+            started = time.perf_counter()
+            scored = _dataset(sources, batch_size).map_batches(
+                CandidateScorer, **_map_options(
+                    actors, batch_size, cpus_per_actor, gpus_per_actor,
+                    {**common, "bank": bank_ref, "spacing": spacing, "settings": settings}))
+            batches = []
+            for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+                batches.append(batch)
+                if progress is not None:
+                    progress(len(set(batch["image_id"].tolist())))
+            scoring_seconds = time.perf_counter() - started
+        except Exception as exc:
+            shown = _unwrap(exc)
+            if shown is exc:
+                raise
+            raise shown from None
     return _collect(batches, len(sources), len(bank), scoring_seconds, bank_seconds)
 
 

@@ -90,3 +90,22 @@ def test_a_round_on_ray_data_matches_the_pure_ranking(ray_cluster, suggest_setup
     assert run.data.metrics["images_per_s"] > 0
     logged = {a.path for a in MlflowClient(suggest_setup.uri).list_artifacts(result.run_id)}
     assert {"suggestions.csv", "score_histogram.png", "overlays"} <= logged
+
+
+@pytest.mark.ray
+def test_an_image_an_actor_cannot_decode_is_named(ray_cluster, suggest_setup, scenes_copy,
+                                                  tmp_path):
+    """A truncated JPEG (a valid header: the split lists it) fails in the actor that
+    decodes it; the driver gets the DataError naming the file, not Ray Data's wrapper."""
+    from pdml_ray.data import DataError
+
+    image = scenes_copy / "images" / "training" / "synthetic_train_00004.jpg"
+    image.write_bytes(image.read_bytes()[:-400])
+    request = SuggestRequest(
+        model_uri="models:/pdml-scene-parser@champion", dataset="synthetic", root=scenes_copy,
+        split="train", points=None, budget=3, out=tmp_path / "s.csv",
+        tracking_uri=suggest_setup.uri, settings=ScoringSettings(strategy="margin"), actors=1,
+        artifact_location=str(tmp_path / "artifacts"))
+    with pytest.raises(DataError, match=rf"^{image}: cannot decode image"):
+        suggest_round(request, say=lambda line: None)
+    assert not request.out.exists()
