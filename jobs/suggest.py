@@ -63,8 +63,8 @@ def main() -> int:
                         help="label-studio: data.image = this prefix + file name (default: "
                         "a local-files URL relative to --root; start Label Studio with "
                         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<root>)")
-    parser.add_argument("--max-images", type=int, default=0,
-                        help="score only the first N images of the split (0: all)")
+    parser.add_argument("--max-images", type=positive_int, default=None, metavar="N",
+                        help="score only the first N images of the split (default: all)")
     parser.add_argument("--experiment", default="pdml-suggestions",
                         help="MLflow experiment of the round (default: %(default)s)")
     add_config_arguments(parser)
@@ -83,7 +83,7 @@ def main() -> int:
         settings=ScoringSettings(strategy=args.strategy), format=args.format,
         overlays=Path(args.overlays) if args.overlays else None, actors=args.actors,
         use_gpu=cfg.ray.use_gpu, batch_size=args.batch_size, images_from=args.images_from,
-        image_url_prefix=args.image_url_prefix, max_images=args.max_images,
+        image_url_prefix=args.image_url_prefix, max_images=args.max_images or 0,
         experiment=args.experiment, artifact_location=cfg.mlflow.artifact_location,
         ray_address=cfg.ray.address)
     with tqdm(desc="scoring", unit="image") as bar:
