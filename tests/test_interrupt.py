@@ -1,11 +1,13 @@
 """Ctrl-C during ``python -m jobs.train``: the job says how to resume and exits 130, the
-workers stop, the MLflow run is KILLED, checkpoints beyond ray.keep_checkpoints are
-removed, and the printed command resumes the run."""
+workers stop without another step or checkpoint once the stop reaches them, the MLflow run
+is KILLED, checkpoints beyond ray.keep_checkpoints are removed, and the printed command
+resumes the run."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 from pathlib import Path
@@ -16,12 +18,13 @@ from mlflow.tracking import MlflowClient
 from jobs.train import resume_command
 from pdml_ray.config import ConfigError, dump_config
 from pdml_ray.service.checkpoint import RAY_SNAPSHOT_FILE, load_training_state
-from pdml_ray.service.preflight import check_same_run
+from pdml_ray.service.preflight import RUN_CONFIG_FILE, check_same_run
 from pdml_ray.service.tracking import RUN_NAME_TAG, start_run
 from tests.helpers import (job_env, kill_session, only_run, run_job, session_pids, start_job,
                            tiny_config, wait_for)
 
 STEPS_PER_EPOCH = 4  # tiny_config: 16 train images, global batch 4
+EPOCHS = 6  # the interrupted run
 
 
 def test_resume_command_repeats_the_arguments_with_the_run_name_last():
@@ -49,6 +52,18 @@ def checkpoint_folders(run: Path) -> list[Path]:
     return sorted(path for path in run.glob("checkpoint_*") if path.is_dir())
 
 
+def stop_reached_at(ray_tmpdir: str) -> dict[int, float]:
+    """``{rank: unix time}`` at which the stop reached each Train worker still training,
+    from the line ``StopStepsOnShutdown`` writes in the worker's Ray log as it ends it."""
+    line = re.compile(r"rank (\d+): the stop reached this worker at (\d+\.\d+) \(unix time\)")
+    reached = {}
+    for path in Path(ray_tmpdir).glob("*/ray/session_*/logs/*"):
+        if path.is_file() and path.suffix in (".err", ".out", ".log"):
+            for match in line.finditer(path.read_text(errors="replace")):
+                reached[int(match[1])] = float(match[2])
+    return reached
+
+
 def registered_checkpoints(run: Path) -> int:
     """How many checkpoints Ray Train has registered for the run so far."""
     try:
@@ -61,7 +76,8 @@ def registered_checkpoints(run: Path) -> int:
 def test_ctrl_c_stops_the_job_prunes_checkpoints_and_says_how_to_resume(tmp_path, job_tmpdir):
     data_root = tmp_path / "synthetic"
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": 4},
+    # Six epochs: the stop lands with epochs to go, while the workers train.
+    cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": EPOCHS},
                       ray={"keep_checkpoints": 1}, mlflow={"register": False})
     config_file = tmp_path / "job.yaml"
     config_file.write_text(dump_config(cfg))
@@ -77,7 +93,7 @@ def test_ctrl_c_stops_the_job_prunes_checkpoints_and_says_how_to_resume(tmp_path
         wait_for(two_checkpoints_registered, timeout_s=1500, what="two registered checkpoints")
         assert job.poll() is None, log.read_text()[-3000:]
         os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        returncode = job.wait(timeout=600)
+        returncode = job.wait(timeout=600)  # a guard against a hang, not a speed claim
         # Workers stopped: the job's local Ray and its Train workers are gone with it.
         wait_for(lambda: not session_pids(job.pid), timeout_s=120,
                  what="the job's Ray processes to end")
@@ -95,6 +111,20 @@ def test_ctrl_c_stops_the_job_prunes_checkpoints_and_says_how_to_resume(tmp_path
     assert resume_lines == [expected], output[-3000:]
     assert "Traceback" not in output
 
+    # No optimizer step after the stop reached the workers: rank 0 logs every step
+    # (train.log_every_steps=1) as it is taken, and nothing was logged after that moment.
+    # No checkpoint either: every file of the folders left was written before it.
+    reached = stop_reached_at(job_tmpdir)
+    assert 0 in reached, output[-3000:]
+    stopped_at = min(reached.values())
+    losses = MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "loss")
+    assert losses and all(point.timestamp <= stopped_at * 1000 for point in losses), (
+        stopped_at, sorted((point.step, point.timestamp) for point in losses)[-4:])
+    written = [path.stat().st_mtime for folder in checkpoint_folders(storage / run_name)
+               for path in folder.rglob("*")]
+    assert written and max(written) <= stopped_at
+    assert (storage / run_name / RUN_CONFIG_FILE).is_file()  # what a resume is checked against
+
     # At most ray.keep_checkpoints folders, and the one left is the newest registered.
     folders = checkpoint_folders(storage / run_name)
     assert len(folders) == 1, folders
@@ -103,7 +133,7 @@ def test_ctrl_c_stops_the_job_prunes_checkpoints_and_says_how_to_resume(tmp_path
     assert [entry["checkpoint_dir_name"] for entry in snapshot["checkpoint_results"]] == [
         folders[0].name]
     interrupted_at = load_training_state(folders[0])["step"]
-    assert interrupted_at >= 2 * STEPS_PER_EPOCH
+    assert 2 * STEPS_PER_EPOCH <= interrupted_at <= max(point.step for point in losses)
 
     # The printed command resumes the run: the same MLflow run, trained to the end.
     resumed = run_job(*shlex.split(expected.split("  ", 1)[1])[2:], env=job_env(job_tmpdir))
@@ -112,5 +142,5 @@ def test_ctrl_c_stops_the_job_prunes_checkpoints_and_says_how_to_resume(tmp_path
     assert run.info.status == "FINISHED"
     steps = [metric.step for metric in MlflowClient(mlflow_uri).get_metric_history(
         run.info.run_id, "val_miou")]
-    assert max(steps) == 4 * STEPS_PER_EPOCH
+    assert max(steps) == EPOCHS * STEPS_PER_EPOCH
     assert len(checkpoint_folders(storage / run_name)) <= 2  # Ray's own rule again

@@ -8,10 +8,12 @@ It expects Ray to be initialised by its caller (a job's ``ray_session`` or a Tun
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -21,6 +23,7 @@ from typing import Iterator, Sequence
 import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.execution.callback import WorkerCallback  # a DeveloperAPI
 
 from pdml_ray.config import Config, resolve_paths
 from pdml_ray.console import verbose
@@ -64,6 +67,38 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.run_name = run_name
 
 
+class TrainingStopped(BaseException):
+    """Raised inside a Train worker's training thread when the run is stopped: a
+    BaseException, so that no ``except Exception`` on the way lets the loop go on."""
+
+
+class StopStepsOnShutdown(WorkerCallback):
+    """Stops a Train worker's training thread the moment Ray Train asks the worker to shut
+    down while it still trains (Ctrl-C, a failed peer's group torn down): no optimizer
+    step and no checkpoint report after the stop reached it. Train otherwise gives the
+    thread up to 5 s before killing the actor, and it trained on meanwhile, logging steps
+    and even reporting a checkpoint after the run was stopped. The thread gets
+    :class:`TrainingStopped` at its next Python instruction (a forward or backward pass
+    under way in C++ finishes first, its step does not follow); Train then kills the
+    actor at once, its shutdown having returned. A worker whose training function has
+    returned is left to Train's own shutdown."""
+
+    def before_worker_shutdown(self) -> None:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        context = get_train_context()
+        thread = context.execution_context.training_thread_runner._thread  # pinned Ray
+        if thread is None or not thread.is_alive():
+            return
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                   ctypes.py_object(TrainingStopped))
+        # Taken after the exception is posted: nothing the thread logs comes later. Into
+        # the worker's own log (its stderr), not the job's console: Ctrl-C prints one line.
+        print(f"rank {context.get_world_rank()}: the stop reached this worker at "
+              f"{time.time():.6f} (unix time); its training stops before another step or "
+              "checkpoint", file=sys.stderr, flush=True)
+
+
 def unique_run_name(prefix: str = "pdml") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
@@ -97,7 +132,8 @@ def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
         # Train's "Reporting training result" / "Checkpoint successfully created" lines
         logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
-        callbacks=[*callbacks, StopOnDataError()])  # bad data: no retries
+        # bad data: no retries; a stopped run: no step after the stop reaches a worker
+        callbacks=[*callbacks, StopOnDataError(), StopStepsOnShutdown()])
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                         scaling_config=scaling, run_config=run_config,
                         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"))
