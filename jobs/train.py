@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from functools import partial
 
 STARTED_AT = time.time()  # before the heavy imports: start-up counts from the command
 
@@ -36,7 +37,8 @@ def main() -> int:
             # imported while Ray starts: torch, MLflow and Ray Train take seconds to load
             from pdml_ray.service.driver import run_training
 
-            result = run_training(cfg, console=True, started_at=STARTED_AT)
+            result = run_training(cfg, console=True, started_at=STARTED_AT,
+                                  resume_command=partial(resume_command, sys.argv[1:]))
     except KeyboardInterrupt as stop:
         run_name = getattr(stop, "run_name", None)  # a TrainingInterrupted: it can resume
         if run_name is None:

@@ -18,7 +18,8 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from functools import partial
+from typing import Callable, Iterator, Sequence
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -34,7 +35,7 @@ from pdml_ray.service.phases import PHASES, phase_metric
 from pdml_ray.service.preflight import check_before_training, record_run_config
 from pdml_ray.service.progress import console_board
 from pdml_ray.service.registry.register import RegisteredModel, log_and_register
-from pdml_ray.service.runtime import wait_for_ray
+from pdml_ray.service.runtime import exit_if_local_ray_lost, wait_for_ray
 from pdml_ray.service.store import create_stores
 from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
                                        fail_fast_http, start_run)
@@ -141,11 +142,15 @@ def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
 
 def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | None = None,
                  tags: dict[str, str] | None = None, console: bool = False,
-                 started_at: float | None = None) -> TrainingResult:
+                 started_at: float | None = None,
+                 resume_command: Callable[[str], str] | None = None) -> TrainingResult:
     """Train, evaluate and register; returns the best checkpoint's scores. ``console``:
     print one line per epoch and progress within it (a job's terminal, not a Tune trial).
     ``started_at``: when the command began (``time.time()``), the origin of the start-up
-    phase; else this call's own start."""
+    phase; else this call's own start. ``resume_command(run_name)``: the command line
+    that resumes a run; given (a job), losing the local Ray this process started during
+    training ends the process with one ``error:`` line saying so and naming it, the
+    MLflow run marked FAILED (:func:`_local_ray_lost`)."""
     started_at = time.time() if started_at is None else started_at
     cfg = resolve_paths(cfg)
     uri = cfg.mlflow.tracking_uri
@@ -167,11 +172,15 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
                    # MLflow's own setting, honoured on every node, not just where it was set
                    "system_metrics_every_s": float(os.environ.get(
                        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))}
+    # a job's own local Ray lost mid-run: one line, the run FAILED, the process ended
+    watch = (exit_if_local_ray_lost(partial(_local_ray_lost, cfg, run_name, run_id,
+                                            resume_command))
+             if resume_command is not None else nullcontext())
     try:
         try:
             with console_board(run_name) if console else nullcontext() as board:
                 loop_config.update(progress_board=board, forward_warnings=not verbose())
-                with _sigint_handler_kept():
+                with _sigint_handler_kept(), watch:
                     result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
                                            callbacks=callbacks).fit()
         except ray.train.ControllerError as error:  # StopOnDataError ended the run
@@ -296,12 +305,34 @@ def _prune_checkpoints(cfg: Config, run_name: str, *, interrupted: bool) -> None
                  ", ".join(removed))
 
 
-def _mark_failed(uri: str, run_id: str, *, killed: bool = False) -> None:
+def _mark_failed(uri: str, run_id: str, *, killed: bool = False) -> bool:
     """Mark the MLflow run FAILED (or KILLED) without hiding the error that ended it: when
     the tracking store is itself what went away, say so (after one quick try, not minutes
-    of MLflow's retries) and let the original error through."""
+    of MLflow's retries) and let the original error through. True if it was marked."""
     try:
         with fail_fast_http():
             end_run(uri, run_id, failed=True, killed=killed)
     except Exception as exc:
         log.warning("could not mark MLflow run %s as FAILED in %s: %s", run_id, uri, exc)
+        return False
+    return True
+
+
+RAY_PROCESS_NAMES = {"raylet": "raylet", "gcs_server": "GCS server"}
+
+
+def _local_ray_lost(cfg: Config, run_name: str, run_id: str,
+                    resume_command: Callable[[str], str], died: list[str]) -> None:
+    """What a job says when its local Ray went away mid-run (``died``: its raylet, its GCS
+    server): the MLflow run marked FAILED, the checkpoints Ray never registered removed
+    (the registered ones stay for the resume), and one line naming the command that
+    resumes the run. The process ends right after (:func:`exit_if_local_ray_lost`)."""
+    marked = _mark_failed(cfg.mlflow.tracking_uri, run_id)
+    _prune_checkpoints(cfg, run_name, interrupted=False)
+    what = " and ".join(RAY_PROCESS_NAMES.get(name, name) for name in died)
+    run = ("the MLflow run is marked FAILED" if marked else
+           f"the MLflow run {run_id} could not be marked FAILED")
+    print(f"error: the Ray cluster went away during run {run_name!r} (its {what} stopped: "
+          f"`ray stop`, the OOM killer or a crash); {run} and its checkpoints are kept: "
+          f"resume with  {resume_command(run_name)}", file=sys.stderr, flush=True)
+

@@ -10,7 +10,7 @@ import tempfile
 import threading
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -145,6 +145,91 @@ def _sigterm_note(record: logging.LogRecord) -> bool:
 def _exit_on_sigterm() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+
+# The processes without which a local Ray is gone: its raylet (object store, scheduler)
+# and its GCS server.
+CORE_PROCESSES = ("raylet", "gcs_server")
+WATCH_EVERY_S = 0.5
+# How Ray's messages about a lost node begin (the raylet's, with its log's last lines, and
+# the GCS's once the node misses its heartbeats).
+LOST_NODE_NEWS = ("Raylet is terminated.", "The node with node id")
+
+
+def lost_local_processes() -> list[str]:
+    """The core processes of the local Ray this process started that have died
+    (:data:`CORE_PROCESSES`); [] while they run, or when Ray was started elsewhere (a
+    cluster this process only connected to is not its to watch)."""
+    node = getattr(ray._private.worker.global_worker, "node", None)  # pinned Ray
+    if node is None or not ray.is_initialized():
+        return []
+    return sorted({kind for kind, _ in node.dead_processes() if kind in CORE_PROCESSES})
+
+
+@contextmanager
+def exit_if_local_ray_lost(on_lost: Callable[[list[str]], None], *,
+                           every_s: float = WATCH_EVERY_S,
+                           lost: Callable[[], list[str]] = lost_local_processes,
+                           end: Callable[[int], None] = os._exit) -> Iterator[None]:
+    """While the block runs, watch the local Ray this process started. If its raylet or
+    GCS server dies (`ray stop --force` from another shell, the OOM killer), call
+    ``on_lost(what died)``, stop what is left of that cluster and end the process with
+    status 2. Left alone, Ray's core worker ends a driver that lost its raylet with
+    status 1 and no word from Python, after a state dump, once it next reaches for the
+    lost object store (about 15 s on), and a driver that lost its GCS waits for it a
+    minute first: nothing could mark the run or say how to resume it. Unless
+    ``PDML_LOG_LEVEL`` asks for more, Ray's own news of the lost node (the raylet's last
+    log lines, a state dump) is left out meanwhile: ``on_lost``'s line says it.
+    ``lost`` and ``end`` are for tests."""
+    stop = threading.Event()
+    ray_worker = ray._private.worker  # pinned Ray: its driver prints the cluster's errors
+    print_ray_error = ray_worker.print_to_stdstream
+
+    def quiet_about_the_lost_node(data: dict, ignore_prefix: bool) -> None:
+        """Ray's own news of the lost raylet (its log's last lines: a state dump), which the
+        line ``on_lost`` prints replaces; the rest as Ray prints it."""
+        lines = [line for line in data.get("lines", [])
+                 if not line.startswith(LOST_NODE_NEWS)]
+        if lines:
+            print_ray_error({**data, "lines": lines}, ignore_prefix)
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            died = lost()
+            if died:
+                break
+        else:
+            return
+        try:
+            on_lost(died)
+        finally:
+            _stop_local_ray()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            end(2)
+
+    watcher = threading.Thread(target=watch, name="ray-watch", daemon=True)
+    watcher.start()
+    if not console.verbose():
+        ray_worker.print_to_stdstream = quiet_about_the_lost_node
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = print_ray_error
+        stop.set()
+        watcher.join()
+
+
+def _stop_local_ray() -> None:
+    """Kill what is left of the local Ray this process started (no graceful shutdown:
+    half of it is gone)."""
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    if node is None:
+        return
+    try:
+        node.kill_all_processes(check_alive=False, allow_graceful=False)
+    except Exception as exc:  # the line already printed is what matters
+        log.debug("could not stop the rest of the local Ray: %s", exc)
 
 
 def configure_logging(level: int | None = None) -> None:

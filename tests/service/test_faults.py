@@ -33,8 +33,8 @@ from pdml_ray.service.checkpoint import RAY_SNAPSHOT_FILE, load_training_state
 from pdml_ray.service.driver import run_training
 from pdml_ray.service.store import StoreClient, create_store, store_actor_name
 from pdml_ray.service.tracking import TrackingUnavailable, check_tracking_store
-from tests.helpers import (UnavailableStore, job_env, kill_session, only_run, run_job, start_job,
-                           tiny_config, wait_for)
+from tests.helpers import (UnavailableStore, job_env, kill_session, only_run, run_job,
+                           session_pids, start_job, tiny_config, wait_for)
 
 STEPS_PER_EPOCH = 4  # tiny_config: 16 train images, global batch 4
 EPOCHS = 4  # the killed-worker run
@@ -195,6 +195,96 @@ def test_stopped_job_resubmitted_under_its_name_resumes(tmp_path, data_root, mlf
     resumed_at = assert_resumed_from_checkpoint(loss_history(mlflow_uri, run_id), killed_ms,
                                                 final_step=3 * STEPS_PER_EPOCH)
     assert resumed_at == registered_at
+
+
+# -- the Ray cluster lost ----------------------------------------------------------------
+def program_name(pid: int) -> str:
+    try:
+        return os.path.basename(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode())
+    except OSError:
+        return ""
+
+
+def test_a_lost_local_ray_is_reported_once_and_ends_the_process():
+    from pdml_ray.service.runtime import exit_if_local_ray_lost, lost_local_processes
+
+    assert lost_local_processes() == []  # no Ray here: nothing to watch
+    reported, ended = [], []
+    answers = iter([[], [], ["raylet"]])
+    with exit_if_local_ray_lost(reported.append, every_s=0.01, lost=lambda: next(answers),
+                                end=ended.append):
+        wait_for(lambda: ended, timeout_s=60, what="the watcher to end the process")
+    assert reported == [["raylet"]] and ended == [2]
+    with exit_if_local_ray_lost(reported.append, every_s=0.01, lost=lambda: [],
+                                end=ended.append):
+        pass  # a run that ends with its Ray alive: nothing said, nothing ended
+    assert reported == [["raylet"]] and ended == [2]
+
+
+def test_rays_news_of_the_lost_node_gives_way_to_the_jobs_line(capsys, monkeypatch):
+    """While a job watches its local Ray, the raylet's death notice (its log's last 20
+    lines, a state dump) is not printed: the watcher's one line replaces it."""
+    import ray._private.worker as ray_worker
+
+    from pdml_ray.service.runtime import exit_if_local_ray_lost
+
+    monkeypatch.delenv("PDML_LOG_LEVEL", raising=False)
+    news = {"lines": ["Raylet is terminated. Termination is unexpected. ...\n    [state-dump] x",
+                      "A worker died or was killed while executing a task"],
+            "pid": "raylet", "is_err": False}
+    with exit_if_local_ray_lost(lambda died: None, lost=lambda: [], end=pytest.fail):
+        ray_worker.print_to_stdstream(news, ignore_prefix=False)
+    printed = capsys.readouterr().out
+    assert "A worker died" in printed and "Raylet is terminated" not in printed
+    ray_worker.print_to_stdstream(news, ignore_prefix=False)  # Ray's own again afterwards
+    assert "Raylet is terminated" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_losing_the_ray_cluster_mid_run_ends_the_job_with_one_line(tmp_path, data_root,
+                                                                   mlflow_uri, job_tmpdir):
+    """The job's local Ray loses its raylet (as the OOM killer or `ray stop --force` from
+    another shell would take it) once the first checkpoint is registered: one `error:`
+    line saying so with the command that resumes the run, no traceback, the MLflow run
+    FAILED; and that command resumes the run to its end."""
+    cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": 3},
+                      mlflow={"register": False})
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(dump_config(cfg))
+    args = ["--config", str(config_file), "--project-dir", str(tmp_path),
+            "--set", "ray.run_name=faults-cluster"]
+    storage, log = Path(cfg.ray.storage_path), tmp_path / "job.log"
+
+    job = start_job(["jobs.train", *args], job_env(job_tmpdir), log)
+    try:
+        wait_for(lambda: checkpointed(storage, "faults-cluster") or job.poll() is not None,
+                 timeout_s=900, what="the first checkpoint")
+        assert job.poll() is None, log.read_text()[-3000:]
+        # Only this job's cluster: its raylet is in the job's session.
+        raylets = [pid for pid in session_pids(job.pid) if program_name(pid) == "raylet"]
+        assert len(raylets) == 1, [program_name(pid) for pid in session_pids(job.pid)]
+        os.kill(raylets[0], signal.SIGKILL)
+        returncode = job.wait(timeout=600)  # a guard against a hang, not a speed claim
+    finally:
+        kill_session(job)
+    output = log.read_text()
+    assert returncode == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert "Raylet is terminated" not in output and "state-dump" not in output  # the line says it
+    resume = ("python -m jobs.train --config " + str(config_file) + " --project-dir "
+              + str(tmp_path) + " --set ray.run_name=faults-cluster")
+    assert [line for line in output.splitlines() if line.startswith("error: ")] == [
+        "error: the Ray cluster went away during run 'faults-cluster' (its raylet stopped: "
+        "`ray stop`, the OOM killer or a crash); the MLflow run is marked FAILED and its "
+        f"checkpoints are kept: resume with  {resume}"], output[-3000:]
+    assert only_run(mlflow_uri, cfg.mlflow.experiment).info.status == "FAILED"
+
+    resumed = run_job("jobs.train", *args, env=job_env(job_tmpdir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = only_run(mlflow_uri, cfg.mlflow.experiment)
+    assert run.info.status == "FINISHED"
+    assert max(step for step, _ in loss_history(mlflow_uri, run.info.run_id)) == (
+        3 * STEPS_PER_EPOCH)
 
 
 # -- a killed EmbeddingStore ------------------------------------------------------------
