@@ -1,6 +1,6 @@
 """Scoring throughput of ``jobs.suggest`` on Ray Data: images/s with 1 and 2 actors.
 
-    python bench/bench_suggest_scaling.py                # the benchmark's 200 train scenes
+    python bench/bench_suggest_scaling.py                # the benchmark's 200 train scenes, x5
     python bench/bench_suggest_scaling.py --quick        # a validation run of the script
 
 The model is the demo's architecture with random weights (speed does not depend on the
@@ -29,11 +29,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
     parser.add_argument("--images", type=int, default=0,
                         help="score only the first N train images (0: all)")
+    parser.add_argument("--copies", type=int, default=5,
+                        help="score the images this many times per pass, so a pass outlasts "
+                        "the actors' start (default: 5; 1 with --quick)")
     benchlib.add_config_arguments(parser)
     args = parser.parse_args()
     args.actors = [int(a) for a in args.actors.split(",") if a.strip()]
     if args.quick:
         args.repeats = min(args.repeats, 1)
+        args.copies = 1
     return args
 
 
@@ -78,7 +82,7 @@ def main() -> None:
     model = build_model(num_classes=len(classes_of(cfg.data.dataset).classes),
                         backbone=cfg.model.backbone, output_stride=cfg.model.output_stride,
                         head=cfg.model.head)
-    sources = image_sources([r.image_path for r in dataset.records], None)
+    sources = image_sources([r.image_path for r in dataset.records], None) * args.copies
     benchlib.warn_if_busy()
     results: dict[int, list[dict]] = {}
     with ray_session(cfg.ray.address):
