@@ -101,8 +101,9 @@ def main() -> None:
                      f"{medians[actors]['bank_s']:.1f}"])
     base = medians.get(min(medians)) if medians else None
     for row, actors in zip(rows, medians):
-        row.append(f"{medians[actors]['steady_images_per_s'] / base['steady_images_per_s']:.2f}x"
-                   if base else "n/a")
+        ratio = (medians[actors]["steady_images_per_s"] / base["steady_images_per_s"]
+                 if base else float("nan"))
+        row.append(f"{ratio:.2f}x" if ratio == ratio else "n/a")  # NaN: a single batch
     print(f"\nScoring for suggestions, {len(sources)} images of {cfg.data.dataset} at "
           f"{cfg.data.synthetic_size} px, {cfg.model.backbone} {cfg.model.head}, batch "
           f"{args.batch_size}, median of {args.repeats} pass(es)\n")
