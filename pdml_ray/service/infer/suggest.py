@@ -20,8 +20,8 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -136,7 +136,6 @@ class ScoredImages:
     bank_points: int
     scoring_seconds: float
     bank_seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
