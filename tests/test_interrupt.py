@@ -10,7 +10,10 @@ import os
 import re
 import shlex
 import signal
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -46,6 +49,43 @@ def test_a_run_started_without_a_name_resumes_under_the_name_it_was_given(tmp_pa
     with pytest.raises(ConfigError, match=r"\(train.lr: 0.002 -> 0.01\)"):  # still checked
         check_same_run(cfg.replace(**{"ray.run_name": "pdml-20260101-000000-abcd",
                                       "train.lr": 0.01}))
+
+
+def test_the_stop_ends_a_training_thread_before_its_next_step(monkeypatch, capsys):
+    """StopStepsOnShutdown, as a Train worker runs it when the run is stopped, against a
+    thread that steps and logs every millisecond: no step is logged after the moment the
+    worker says the stop reached it, and the thread ends (without the callback it would
+    train on until Train kills the worker)."""
+    import ray.train.v2._internal.execution.context as train_context
+
+    from pdml_ray.service.driver import StopStepsOnShutdown, TrainingStopped
+
+    logged, running, ended = [], threading.Event(), []
+
+    def optimizer_step() -> None:  # a Python call, as optimizer.step and tracker.log are
+        logged.append(time.time())
+
+    def training() -> None:
+        while True:
+            time.sleep(0.001)  # the forward and backward pass, in C++
+            optimizer_step()
+            running.set()
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
+    thread = threading.Thread(target=training, daemon=True)
+    thread.start()
+    assert running.wait(timeout=60)
+    worker = SimpleNamespace(
+        execution_context=SimpleNamespace(training_thread_runner=SimpleNamespace(_thread=thread)),
+        get_world_rank=lambda: 0)
+    monkeypatch.setattr(train_context, "get_train_context", lambda: worker)
+    StopStepsOnShutdown().before_worker_shutdown()
+    thread.join(timeout=60)  # a guard against a hang
+    assert not thread.is_alive() and ended == [TrainingStopped]
+    said = re.search(r"rank 0: the stop reached this worker at (\d+\.\d+) \(unix time\); its "
+                     r"training stops before another step or checkpoint", capsys.readouterr().err)
+    assert said is not None
+    assert logged and max(logged) <= float(said[1])
 
 
 def checkpoint_folders(run: Path) -> list[Path]:
