@@ -241,12 +241,18 @@ def test_rays_news_of_the_lost_node_gives_way_to_the_jobs_line(capsys, monkeypat
 
 
 @pytest.mark.ray
-def test_losing_the_ray_cluster_mid_run_ends_the_job_with_one_line(tmp_path, data_root,
-                                                                   mlflow_uri, job_tmpdir):
-    """The job's local Ray loses its raylet (as the OOM killer or `ray stop --force` from
-    another shell would take it) once the first checkpoint is registered: one `error:`
-    line saying so with the command that resumes the run, no traceback, the MLflow run
-    FAILED; and that command resumes the run to its end."""
+@pytest.mark.parametrize("killed, said", [
+    (("raylet",), "its raylet stopped"),  # the OOM killer's usual pick
+    (("gcs_server", "raylet"), "its GCS server and raylet stopped"),  # as `ray stop --force`
+], ids=["raylet", "raylet-and-gcs"])
+def test_losing_the_ray_cluster_mid_run_ends_the_job_with_one_line(killed, said, tmp_path,
+                                                                   data_root, mlflow_uri,
+                                                                   job_tmpdir):
+    """The job's local Ray loses its raylet, or its raylet and GCS server (as the OOM
+    killer or `ray stop --force` from another shell would take them), once the first
+    checkpoint is registered: one `error:` line saying so with the command that resumes
+    the run, no traceback, the MLflow run FAILED; and that command resumes the run to its
+    end."""
     cfg = tiny_config(tmp_path, data_root, mlflow_uri, train={"epochs": 3},
                       mlflow={"register": False})
     config_file = tmp_path / "job.yaml"
@@ -260,10 +266,11 @@ def test_losing_the_ray_cluster_mid_run_ends_the_job_with_one_line(tmp_path, dat
         wait_for(lambda: checkpointed(storage, "faults-cluster") or job.poll() is not None,
                  timeout_s=900, what="the first checkpoint")
         assert job.poll() is None, log.read_text()[-3000:]
-        # Only this job's cluster: its raylet is in the job's session.
-        raylets = [pid for pid in session_pids(job.pid) if program_name(pid) == "raylet"]
-        assert len(raylets) == 1, [program_name(pid) for pid in session_pids(job.pid)]
-        os.kill(raylets[0], signal.SIGKILL)
+        # Only this job's cluster: its processes are in the job's session.
+        doomed = [pid for pid in session_pids(job.pid) if program_name(pid) in killed]
+        assert len(doomed) == len(killed), [program_name(pid) for pid in session_pids(job.pid)]
+        for pid in doomed:
+            os.kill(pid, signal.SIGKILL)
         returncode = job.wait(timeout=600)  # a guard against a hang, not a speed claim
     finally:
         kill_session(job)
@@ -274,9 +281,9 @@ def test_losing_the_ray_cluster_mid_run_ends_the_job_with_one_line(tmp_path, dat
     resume = ("python -m jobs.train --config " + str(config_file) + " --project-dir "
               + str(tmp_path) + " --set ray.run_name=faults-cluster")
     assert [line for line in output.splitlines() if line.startswith("error: ")] == [
-        "error: the Ray cluster went away during run 'faults-cluster' (its raylet stopped: "
-        "`ray stop`, the OOM killer or a crash); the MLflow run is marked FAILED and its "
-        f"checkpoints are kept: resume with  {resume}"], output[-3000:]
+        f"error: the Ray cluster went away during run 'faults-cluster' ({said}: `ray stop`, "
+        "the OOM killer or a crash); the MLflow run is marked FAILED and its checkpoints are "
+        f"kept: resume with  {resume}"], output[-3000:]
     assert only_run(mlflow_uri, cfg.mlflow.experiment).info.status == "FAILED"
 
     resumed = run_job("jobs.train", *args, env=job_env(job_tmpdir))
