@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, default_collate
 from pdml_ray.labels import IGNORE_INDEX
 
 from .errors import DataError
-from .io import (MAX_IMAGE_PIXELS, exif_orientation, file_problem, image_size, read_image,
+from .io import (MAX_IMAGE_PIXELS, exif_turn_note, file_problem, image_size, read_image,
                  read_label)
 from .points import PointTable, read_points, shown_id
 from .transforms import Sample, points_to_sample, rasterize_points, to_model_input
@@ -163,13 +163,7 @@ class SegmentationDataset(Dataset):
         image, mask = self.load_image(index), self.load_mask(index)
         if image.shape[:2] != mask.shape:
             record = self.records[index]
-            orientation = exif_orientation(record.image_path)
-            exif = ""
-            if orientation in (5, 6, 7, 8) and image.shape[1::-1] == mask.shape:
-                exif = (f"; the image carries EXIF orientation {orientation}, so viewers show "
-                        f"it turned by 90 degrees ({image.shape[1]}x{image.shape[0]}) while its "
-                        f"stored pixels are not: label the stored pixels, or save the image "
-                        f"with the rotation applied (PIL.ImageOps.exif_transpose)")
+            exif = exif_turn_note(record.image_path, image.shape[:2], mask.shape)
             raise DataError(record.label_path,
                             f"label map is {mask.shape[0]}x{mask.shape[1]} but image "
                             f"{record.image_path.name} is {image.shape[0]}x{image.shape[1]} "
