@@ -1,133 +1,17 @@
-"""Reading a config: YAML (repeated keys refused), dotted overrides (``--set
-train.lr=0.01``) and the coercion of each value to its field's type, with one-line
-messages naming the key.
-
-Why the checks are written here rather than delegated to pydantic (installed with Ray and
-MLflow; tried with pydantic 2.14 on these dataclasses, ``TypeAdapter`` and
-``ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)``):
-
-
-- strict mode on a stdlib dataclass accepts only instances: ``{"epochs": 2}`` for
-  ``TrainConfig`` fails with "Input should be an instance of TrainConfig";
-- lax mode accepts what this module refuses: ``ray.use_gpu=1`` becomes ``True``,
-  ``train.lr=true`` becomes ``1.0``, ``train.epochs="3"`` becomes ``3``, and still
-  refuses the one-scalar list ``sweep.thresholds=0.6`` ("Input should be a valid tuple");
-- strict validation of the same fields (a TypedDict built from the hints) refuses YAML
-  lists for tuple fields (``sweep.margins=[8, 12]``: "Input should be a valid tuple"),
-  refuses ``1e-3`` (which YAML 1.1 reads as a string), reports ``nan`` as "a valid
-  number" rather than a non-finite one, and accepts ``model.output_stride=16.0``;
-- per-field pydantic annotations (``StrictFloat``, ``Annotated[..., BeforeValidator]``)
-  would replace the plain hints the tests read (``field.type == "float"``).
-
-Each way keeps a pass over the hints for tuples, exponent strings and non-finite numbers,
-and adds a translation of pydantic's error types into these one-line messages: more code
-than :func:`_coerce`, in two mechanisms.
-"""
+"""Reading a config: YAML (a key given twice refused) and dotted overrides (``--set
+train.lr=0.01``), each value checked as :mod:`.coercion` checks it, with one-line
+messages naming the key."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import re
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .schema import SECTIONS, Config, ConfigError
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-NON_FINITE = ("nan", "inf", "infinity")
-
-
-class NotFinite(ConfigError):
-    """inf or nan given for a float: reported as it is, whatever else the key accepts."""
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints widen to floats, nothing else."""
-    origin = typing.get_origin(tp)
-    if origin is tuple:  # tuple[X, ...]: a YAML list (or one scalar) of X
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(_coerce(f"{key}[{i}]", item, typing.get_args(tp)[0])
-                     for i, item in enumerate(items))
-    if origin is Literal:
-        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
-            return value
-    elif origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(key, value, option)
-            except NotFinite:
-                raise
-            except ConfigError:
-                continue
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, str) and DECIMAL.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot, no exponent sign) as a string
-        elif isinstance(value, str) and value.strip().lower().lstrip("+-.") in NON_FINITE:
-            raise NotFinite(f"{key}: must be a finite number, got {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                # 1.0e+400 reads as inf: no range check below would catch it.
-                raise NotFinite(f"{key}: must be a finite number, got {value!r}")
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
-
-
-def _build_section(name: str, values: Mapping[str, Any]) -> Any:
-    cls = SECTIONS[name]
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(f"{name}.{key}: unknown key; {name} accepts {', '.join(known)}")
-        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
-    return cls(**kwargs)
-
-
-def from_dict(raw: Mapping[str, Any] | None) -> Config:
-    """Build and validate a Config from a nested mapping (missing keys take defaults)."""
-    raw = raw or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")
-    sections = {}
-    for name, values in raw.items():
-        if name not in SECTIONS:
-            raise ConfigError(f"{name}: unknown section; sections are {', '.join(SECTIONS)}")
-        if values is None:
-            values = {}
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{name}: expected a mapping of keys, got {values!r}")
-        sections[name] = _build_section(name, values)
-    return Config(**sections)
+from .errors import ConfigError
+from .schema import Config, from_dict, with_values
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -176,14 +60,7 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | Sequence[str]) -
     """Apply ``{"train.lr": 0.01}`` or ``["train.lr=0.01"]``; values are validated."""
     if not isinstance(overrides, Mapping):
         overrides = dict(_parse_override(item) for item in overrides)
-    raw = cfg.to_dict()
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        if section not in SECTIONS or not name:
-            raise ConfigError(f"{key}: unknown key; use SECTION.KEY with a section among "
-                              f"{', '.join(SECTIONS)}")
-        raw[section][name] = value
-    return from_dict(raw)
+    return with_values(cfg, overrides)
 
 
 def load_config(path: str | os.PathLike | None = None,

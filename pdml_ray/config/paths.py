@@ -12,7 +12,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .schema import CREDENTIALS_IN_URI, Config, ConfigError, uri_has_credentials
+from .errors import ConfigError
+from .schema import CREDENTIALS_IN_URI, Config, uri_has_credentials
 
 def project_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Where relative paths point: ``explicit``, else $PDML_PROJECT_DIR, else the cwd."""

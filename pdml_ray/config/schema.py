@@ -1,15 +1,19 @@
 """The config's schema: one frozen dataclass per section, each value's default with its
-reason, and the checks of each value's range (a wrong one raises :class:`ConfigError`
-naming the dotted key)."""
+reason, the checks of each value's range (a wrong one raises :class:`ConfigError`
+naming the dotted key), and a Config built from plain values (:func:`from_dict`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+import typing
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
+
+from .coercion import _coerce
+from .errors import ConfigError, _check
 
 # Choices that code below the config checks too: named once here, read with
 # typing.get_args where the values are checked (models/, losses/, extension.py).
@@ -34,15 +38,6 @@ ExtensionWeighting = Literal["pooled", "separate", "balanced"]
 # was chosen on scenes its stand-in backbone had been pretrained on, where confident
 # predictions were right 85% of the time; treat it as unproven on real data.
 EXTENDED_WEIGHT = {"pretrained": 16.0, "random init": 4.0}
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key."""
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
 
 
 # A run name becomes a folder under ray.storage_path and a value inside MLflow filter
@@ -417,9 +412,7 @@ class Config:
 
     def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied: ``cfg.replace(**{"train.lr": 0.1})``."""
-        from .parsing import apply_overrides  # parsing builds on this schema
-
-        return apply_overrides(self, overrides)
+        return with_values(self, overrides)
 
     @property
     def uses_pdml(self) -> bool:
@@ -432,3 +425,46 @@ class Config:
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__  # type: ignore[misc]
                              for f in dataclasses.fields(Config)}
+
+
+# -- building a config from plain values --------------------------------------------
+def _build_section(name: str, values: Mapping[str, Any]) -> Any:
+    cls = SECTIONS[name]
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{name}.{key}: unknown key; {name} accepts {', '.join(known)}")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def from_dict(raw: Mapping[str, Any] | None) -> Config:
+    """Build and validate a Config from a nested mapping (missing keys take defaults)."""
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")
+    sections = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{name}: unknown section; sections are {', '.join(SECTIONS)}")
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{name}: expected a mapping of keys, got {values!r}")
+        sections[name] = _build_section(name, values)
+    return Config(**sections)
+
+
+def with_values(cfg: Config, values: Mapping[str, Any]) -> Config:
+    """``cfg`` with dotted values (``{"train.lr": 0.01}``) set, each checked as
+    :func:`from_dict` checks it."""
+    raw = cfg.to_dict()
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ConfigError(f"{key}: unknown key; use SECTION.KEY with a section among "
+                              f"{', '.join(SECTIONS)}")
+        raw[section][name] = value
+    return from_dict(raw)
