@@ -3,7 +3,7 @@
 Runs ``python -m jobs.train`` as a user does (a private local Ray, an MLflow sqlite store
 and registry in a fresh project folder under ``bench/results/breakdown/``) and splits
 its wall time into the phases the job logs as ``time/<phase>_s`` metrics
-(``pdml_ray.service.phases``): start-up (command to the first optimizer step, here
+(``pdml_ray.service.train.phases``): start-up (command to the first optimizer step, here
 measured from this script's launch of the command), optimizer steps, evaluation,
 checkpointing, logging (metrics, tables, sample images) and registration (after
 ``fit()``); "other" is the rest of the wall time (Ray's shutdown, the interpreter's exit).
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import benchlib
-from pdml_ray.service.phases import PHASES, phase_metric
+from pdml_ray.service.train.phases import PHASES, phase_metric
 
 # The demo before this benchmark existed: phases not logged, so only these are known.
 BEFORE_DEMO = {"startup": 48.0, "steps": 604.0, "registration": 20.0,

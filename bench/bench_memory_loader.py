@@ -2,7 +2,7 @@
 
 For each ``data.loader_workers`` value (default 0 and 2), one Ray Train run of 2 workers
 executes, in every worker, the service's own pieces: the training and validation loaders
-of ``pdml_ray.service.worker`` (``build_loaders``: the same DataLoader, sampler and Ray
+of ``pdml_ray.service.train.worker`` (``build_loaders``: the same DataLoader, sampler and Ray
 wrapper), the model, optimizer and miner, ``engine.train_one_epoch`` and ``evaluate``.
 It is not ``run_training`` itself, because the loader has to be timed alone and the
 memory read inside the worker. In each worker:
@@ -113,7 +113,7 @@ def measure_loop(loop_config: dict) -> None:
     from pdml_ray.engine import evaluate, make_optimizer, train_one_epoch
     from pdml_ray.mining import build_miner
     from pdml_ray.models import build_model
-    from pdml_ray.service.worker import build_loaders
+    from pdml_ray.service.train.worker import build_loaders
 
     cfg = from_dict(loop_config["config"])
     context = ray.train.get_context()
@@ -172,7 +172,7 @@ def run(cfg, args) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pdml_ray.service.driver import unique_run_name
+    from pdml_ray.service.train.driver import unique_run_name
 
     collector = Collector.remote()
     trainer = TorchTrainer(
@@ -197,7 +197,7 @@ def run(cfg, args) -> dict:
 def main() -> None:
     args = parse_args()
     benchlib.setup_environment()
-    from pdml_ray.service.driver import prepare_data
+    from pdml_ray.service.train.driver import prepare_data
     from pdml_ray.service.runtime import configure_logging, ray_session
 
     configure_logging()

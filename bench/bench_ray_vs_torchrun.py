@@ -7,7 +7,7 @@ reported through ``on_log`` every step (``train.log_every_steps=1``). Evaluation
 checkpoint come only after the last timed step (``train.eval_every_epochs`` larger than
 the run, ``train.max_steps``), so they are not timed.
 
-- Ray: ``pdml_ray.service.driver.run_training`` on a private local Ray
+- Ray: ``pdml_ray.service.train.driver.run_training`` on a private local Ray
   (``ray_session``): the service exactly as a user runs it, so its overheads (Train's
   worker group and data-loader wrapper, rank 0's MLflow writes) are what is measured.
   Per-step times come from the ``images_per_s`` metric rank 0 logs to MLflow.
@@ -78,7 +78,7 @@ def run_torchrun(cfg, config_path: Path, warmup: int, niceness: int) -> dict:
 
 
 def run_ray(cfg, warmup: int) -> dict:
-    from pdml_ray.service.driver import run_training
+    from pdml_ray.service.train.driver import run_training
     from pdml_ray.service.runtime import ray_session
 
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def run_ray(cfg, warmup: int) -> dict:
 def main() -> None:
     args = parse_args()
     benchlib.setup_environment()
-    from pdml_ray.service.driver import prepare_data
+    from pdml_ray.service.train.driver import prepare_data
     from pdml_ray.service.runtime import configure_logging
 
     configure_logging()

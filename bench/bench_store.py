@@ -66,8 +66,8 @@ class StoreUser:
 
 
 def round_trips(cfg, iterations: int, workers: int) -> dict[str, list[float]]:
-    from pdml_ray.service.driver import unique_run_name
-    from pdml_ray.service.store import create_store
+    from pdml_ray.service.train.driver import unique_run_name
+    from pdml_ray.service.train.store import create_store
 
     results = {}
     for name, (dim, points) in PAYLOADS.items():
@@ -88,7 +88,7 @@ def round_trips(cfg, iterations: int, workers: int) -> dict[str, list[float]]:
 def main() -> None:
     args = parse_args()
     benchlib.setup_environment()
-    from pdml_ray.service.driver import run_training
+    from pdml_ray.service.train.driver import run_training
     from pdml_ray.service.runtime import configure_logging, ray_session
 
     configure_logging()

@@ -76,8 +76,8 @@ class Client:
 
 
 def measure(clients: int, dim: int, points: int, iterations: int) -> dict:
-    from pdml_ray.service.driver import unique_run_name
-    from pdml_ray.service.store import create_store
+    from pdml_ray.service.train.driver import unique_run_name
+    from pdml_ray.service.train.store import create_store
 
     store = create_store(unique_run_name("bench-scaling"), CAPACITY)
     filler = np.zeros((CAPACITY, dim), np.float32)

@@ -22,7 +22,7 @@ from pdml_ray.config import from_dict
 from pdml_ray.data import build_dataset, pad_collate
 from pdml_ray.extension import extend_from_logits
 from pdml_ray.models import build_model
-from pdml_ray.service.checkpoint import load_training_state
+from pdml_ray.service.train.checkpoint import load_training_state
 
 IGNORE = 255
 

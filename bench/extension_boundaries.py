@@ -72,7 +72,7 @@ def load_run(folder: Path):
     from pdml_ray.config import from_dict
     from pdml_ray.data import build_dataset
     from pdml_ray.engine import build_model_for
-    from pdml_ray.service.checkpoint import load_training_state
+    from pdml_ray.service.train.checkpoint import load_training_state
 
     state = load_training_state(folder)
     cfg = from_dict(state["config"])

@@ -146,7 +146,7 @@ def suggested(current: Clicks, checkpoint: str, dataset, budget: int, args) -> t
 
     from pdml_ray.labelling.scoring import ScoringSettings
     from pdml_ray.labelling.suggestions import pick_suggestions
-    from pdml_ray.service.checkpoint import load_training_state
+    from pdml_ray.service.train.checkpoint import load_training_state
     from pdml_ray.service.infer.sources import image_sources
     from pdml_ray.service.infer.suggest import score_images
 
@@ -164,7 +164,7 @@ def suggested(current: Clicks, checkpoint: str, dataset, budget: int, args) -> t
 # -- training ----------------------------------------------------------------------------
 def train_round(cfg, clicks: Clicks, metadata: dict, folder: Path, label: str, seed: int) -> dict:
     from pdml_ray.data import write_points
-    from pdml_ray.service.driver import run_training
+    from pdml_ray.service.train.driver import run_training
 
     points = folder / f"{label}.parquet"
     write_points(points, clicks, metadata)

@@ -319,7 +319,7 @@ def last_evaluation(cfg, uri: str, run_id: str) -> dict:
 
 
 def train_once(cfg) -> dict:
-    from pdml_ray.service.driver import run_training
+    from pdml_ray.service.train.driver import run_training
 
     start = time.perf_counter()
     result = run_training(cfg)
@@ -477,8 +477,8 @@ def run_rows(cfg, rows: list[Row], args, records: list[dict], save) -> list[dict
 
 def run_table4(cfg, args, records: list[dict], save) -> tuple[list[Row], list[dict]]:
     """Margin and alpha sweeps through ``run_sweep``, one of each per seed."""
-    from pdml_ray.service.driver import unique_run_name
-    from pdml_ray.service.sweep import run_sweep
+    from pdml_ray.service.train.driver import unique_run_name
+    from pdml_ray.service.tune.sweep import run_sweep
 
     alphas = [a for a in args.alphas if not (a == PAPER_ALPHA and PAPER_MARGIN in args.margins)]
     sweeps = [("margin", args.margins, [PAPER_ALPHA])]

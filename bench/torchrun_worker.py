@@ -29,7 +29,7 @@ from pdml_ray.data import build_dataset
 from pdml_ray.engine import make_optimizer, train_one_epoch
 from pdml_ray.mining import build_miner
 from pdml_ray.models import build_model
-from pdml_ray.service.diagnostics import DistanceRecorder
+from pdml_ray.service.train.diagnostics import DistanceRecorder
 
 
 def main() -> None:

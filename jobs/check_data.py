@@ -43,7 +43,7 @@ def check_splits(dataset: str, root: str, splits: tuple[str, ...],
     from tqdm import tqdm
 
     from pdml_ray.data.check import by_file
-    from pdml_ray.service.data_check import check_dataset, open_split
+    from pdml_ray.service.train.data_check import check_dataset, open_split
     from pdml_ray.service.runtime import ray_session
 
     opened = []

@@ -85,7 +85,7 @@ def _user_error(exc: BaseException) -> BaseException | None:
     original exception; the original is what the user can act on.
     """
     from pdml_ray.data import DataError
-    from pdml_ray.service.checkpoint import CheckpointError
+    from pdml_ray.service.train.checkpoint import CheckpointError
     from pdml_ray.service.tracking import TrackingUnavailable
 
     known = (ConfigError, DataError, TrackingUnavailable, CheckpointError, FileNotFoundError,

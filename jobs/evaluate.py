@@ -49,7 +49,7 @@ def main() -> int:
         project_dir(args.project_dir) / "outputs" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
     check_output_folder(report, "--report")  # before the model is loaded and evaluated
 
-    from pdml_ray.service.preflight import check_store_readable
+    from pdml_ray.service.train.preflight import check_store_readable
 
     check_store_readable(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries
 

@@ -54,7 +54,7 @@ def main() -> int:
 
     out_dir = check_output_folder(args.out, "--out")  # before Ray, MLflow and the model
 
-    from pdml_ray.service.preflight import check_store_readable
+    from pdml_ray.service.train.preflight import check_store_readable
 
     check_store_readable(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries
 

@@ -125,7 +125,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_from_args(args)
 
-    from pdml_ray.service.preflight import check_store_readable
+    from pdml_ray.service.train.preflight import check_store_readable
     from pdml_ray.service.registry.model_uri import registry_client
 
     check_store_readable(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries

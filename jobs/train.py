@@ -14,7 +14,7 @@ from functools import partial
 STARTED_AT = time.time()  # before the heavy imports: start-up counts from the command
 
 from jobs.cli import parse_config_command, ray_job, run_cli  # noqa: E402
-from pdml_ray.service.phases import summary_line  # noqa: E402
+from pdml_ray.service.train.phases import summary_line  # noqa: E402
 
 
 def resume_command(argv: list[str], run_name: str) -> str:
@@ -35,7 +35,7 @@ def main() -> int:
     try:
         with ray_job(cfg):
             # imported while Ray starts: torch, MLflow and Ray Train take seconds to load
-            from pdml_ray.service.driver import run_training
+            from pdml_ray.service.train.driver import run_training
 
             result = run_training(cfg, console=True, started_at=STARTED_AT,
                                   resume_command=partial(resume_command, sys.argv[1:]))

@@ -77,7 +77,7 @@ def corrupt_jpeg_run(ray_cluster, tmp_path_factory):
     from ray.util.state import list_actors
 
     from pdml_ray.data import ensure_synthetic
-    from pdml_ray.service.driver import run_training
+    from pdml_ray.service.train.driver import run_training
     from tests.helpers import tiny_config
 
     def train_workers_started() -> int:

@@ -176,7 +176,7 @@ def test_new_values_are_validated():
 def test_shipped_sweep_demo_config_loads_and_fits_two_cores():
     cfg = load_config(CONFIGS / "sweep-demo.yaml")
     assert cfg.sweep.search == "grid" and len(cfg.sweep.margins) * len(cfg.sweep.thresholds) == 4
-    from pdml_ray.service.sweep import concurrent_trials  # the sweep's own sizing rule
+    from pdml_ray.service.tune.sweep import concurrent_trials  # the sweep's own sizing rule
     assert concurrent_trials(cfg, {"CPU": 2.0}) == 2  # two trials at once on 2 cores
 
 

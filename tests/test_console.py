@@ -130,7 +130,7 @@ def test_quiet_console_hides_library_info_and_keeps_our_lines_and_warnings(monke
         configure_logging()
         logging.getLogger("ray.train").info("Reporting training result 1: TrainingReport(...)")
         logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables")
-        logging.getLogger("pdml_ray.service.driver").info("MLflow run   abc in sqlite:///x")
+        logging.getLogger("pdml_ray.service.train.driver").info("MLflow run   abc in sqlite:///x")
         logging.getLogger("pdml_ray.service.tracking").warning("MLflow unreachable")
         err = capsys.readouterr().err
         assert "Reporting training result" not in err and "database tables" not in err

@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from jobs.train import resume_command
 from pdml_ray.config import ConfigError, dump_config
-from pdml_ray.service.checkpoint import RAY_SNAPSHOT_FILE, load_training_state
-from pdml_ray.service.preflight import RUN_CONFIG_FILE, check_same_run
+from pdml_ray.service.train.checkpoint import RAY_SNAPSHOT_FILE, load_training_state
+from pdml_ray.service.train.preflight import RUN_CONFIG_FILE, check_same_run
 from pdml_ray.service.tracking import RUN_NAME_TAG, start_run
 from tests.helpers import (job_env, kill_session, only_run, run_job, session_pids, start_job,
                            tiny_config, wait_for)
@@ -58,7 +58,7 @@ def test_the_stop_ends_a_training_thread_before_its_next_step(monkeypatch, capsy
     train on until Train kills the worker)."""
     import ray.train.v2._internal.execution.context as train_context
 
-    from pdml_ray.service.driver import StopStepsOnShutdown, TrainingStopped
+    from pdml_ray.service.train.driver import StopStepsOnShutdown, TrainingStopped
 
     logged, running, ended = [], threading.Event(), []
 

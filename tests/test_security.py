@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from pdml_ray.config import ConfigError, from_dict, load_config, resolve_paths
-from pdml_ray.service.checkpoint import (CHECKPOINT_FILE, CheckpointError, load_training_state,
+from pdml_ray.service.train.checkpoint import (CHECKPOINT_FILE, CheckpointError, load_training_state,
                                          save_training_state)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_registered_model_is_a_state_dict_and_json_config_only(tmp_path, mlflow_
                      "data/scene_parser/weights.pt", "data/scene_parser/config.json"}
     flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
     # The loader is a module of the installed pdml_ray, found by name.
-    assert flavor["loader_module"] == "pdml_ray.service.pyfunc_model"
+    assert flavor["loader_module"] == "pdml_ray.service.registry.pyfunc_model"
     assert flavor["data"] == "data/scene_parser" and flavor.get("code") is None
     weights = torch.load(folder / "data/scene_parser/weights.pt", weights_only=True)
     assert weights.keys() == model.state_dict().keys()

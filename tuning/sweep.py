@@ -18,8 +18,8 @@ def main() -> int:
 
     with ray_job(cfg, include_sweep=True):
         # imported while Ray starts: torch, MLflow and Ray Tune take seconds to load
-        from pdml_ray.service.sweep import run_sweep
-        from pdml_ray.service.sweep_results import table_markdown
+        from pdml_ray.service.tune.sweep import run_sweep
+        from pdml_ray.service.tune.results import table_markdown
 
         result = run_sweep(cfg)
     print(f"\nsweep {result.name}: {len(result.table)} trials "

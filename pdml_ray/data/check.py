@@ -6,7 +6,7 @@ dataset's own readers and returns every problem found, instead of raising at the
 cheap enough to run over a whole split before workers start; a size mismatch that an
 EXIF orientation explains says so there too. :func:`missing_partners` lists every image
 without a label map (and the reverse) when the split cannot even be listed. No Ray
-here: ``pdml_ray.service.data_check`` spreads the items over tasks.
+here: ``pdml_ray.service.train.data_check`` spreads the items over tasks.
 """
 
 from __future__ import annotations

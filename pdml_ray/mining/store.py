@@ -2,7 +2,7 @@
 
 The store holds detached point embeddings that other workers (and this one) pushed at
 earlier steps, so triplets reach beyond the subgroups of one global batch. The miner
-meets the store through :class:`EmbeddingSampler`; ``pdml_ray.service.store`` implements
+meets the store through :class:`EmbeddingSampler`; ``pdml_ray.service.train.store`` implements
 it on a Ray actor.
 """
 

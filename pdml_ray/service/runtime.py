@@ -77,7 +77,7 @@ def ray_session(address: str | None = None, *, background: bool = False) -> Iter
     Train controller's and workers' internal lines, Ray core's warnings from C++ (the
     PreemptionWatcher's "constructor arguments in the object store"). Errors still reach
     the driver as the exceptions ``fit()`` raises, our workers' warnings through
-    :mod:`pdml_ray.service.progress`."""
+    :mod:`pdml_ray.service.train.progress`."""
     if ray.is_initialized():
         yield
         return

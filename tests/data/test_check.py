@@ -12,7 +12,7 @@ from PIL import Image
 
 from pdml_ray.data import SyntheticDataset
 from pdml_ray.data.check import by_file, check_item, check_item_header, missing_partners
-from pdml_ray.service.data_check import check_split
+from pdml_ray.service.train.data_check import check_split
 from tests.helpers import run_job
 
 SIZE = 32

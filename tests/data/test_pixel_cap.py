@@ -13,7 +13,7 @@ from PIL import Image
 from pdml_ray.config import ConfigError, from_dict, resolve_paths
 from pdml_ray.data import DataError, build_dataset
 from pdml_ray.data.io import MAX_IMAGE_PIXELS, read_image
-from pdml_ray.service.driver import prepare_data
+from pdml_ray.service.train.driver import prepare_data
 from pdml_ray.service.predict import decode_image, predict_local
 
 SIDE = 32  # the synthetic scenes' side: 1024 pixels each

@@ -147,7 +147,7 @@ def test_a_samples_crop_depends_on_seed_epoch_and_index_only(train_set):
 
 
 def test_loader_processes_do_not_change_the_data_stream(train_set):
-    """The training loader as the worker builds it (pdml_ray.service.worker.build_loaders:
+    """The training loader as the worker builds it (pdml_ray.service.train.worker.build_loaders:
     a DistributedSampler, even for one worker, and the dataset's epoch) gives the same
     batches with or without loader processes."""
     def batches(workers: int) -> list[torch.Tensor]:

@@ -1,6 +1,6 @@
 """The store miner: a local anchor with a positive and a negative from stored points, met
 through the ``EmbeddingSampler`` protocol, here a fake held in memory (the Ray actor that
-implements it in production is tested in tests/service/test_store.py)."""
+implements it in production is tested in tests/service/train/test_store.py)."""
 
 from __future__ import annotations
 

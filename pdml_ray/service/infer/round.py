@@ -101,7 +101,7 @@ def suggest_round(request: SuggestRequest,
                   say: Callable[[str], None] = print) -> RoundResult:
     """Run one round (see the module docstring). Raises DataError, ConfigError or
     ModelNotFound (a FileNotFoundError) with a one-line message on bad input."""
-    from pdml_ray.service.preflight import check_store_readable
+    from pdml_ray.service.train.preflight import check_store_readable
     from pdml_ray.service.registry.load import load_scene_parser
     from pdml_ray.service.runtime import ray_session
 

@@ -7,8 +7,7 @@
 - ``aliases``: moving and removing aliases by hand (``jobs.registry promote/demote``);
 - ``load``: downloading a model's weights and config and building a ``SceneParser``;
 - ``describe``: the versions of a model and what one of them was trained with;
-- ``evaluate``: logging an evaluation's scores and report as an MLflow run.
-
-How a trained model is written as a pyfunc is ``service/pyfunc_log.py``; how MLflow
-loads it back is ``service/pyfunc_model.py``.
+- ``evaluate``: logging an evaluation's scores and report as an MLflow run;
+- ``pyfunc_log``: a trained model written as a pyfunc (data only);
+- ``pyfunc_model``: the loader module MLflow calls to load it back.
 """

@@ -17,7 +17,7 @@ from mlflow.models import Model
 from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.tracking import MlflowClient
 
-from pdml_ray.service.pyfunc_model import CONFIG_FILE, LOADER_MODULE, WEIGHTS_FILE
+from pdml_ray.service.registry.pyfunc_model import CONFIG_FILE, LOADER_MODULE, WEIGHTS_FILE
 from pdml_ray.service.registry.model_uri import (ModelNotFound, newest_version, parse_model_uri,
                                                  resolve_model_version)
 from pdml_ray.service.tracking import environ_scope, tracking_uri_scope

@@ -10,7 +10,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pdml_ray.config import Config
-from pdml_ray.service.pyfunc_log import log_pyfunc
+from pdml_ray.service.registry.pyfunc_log import log_pyfunc
 from pdml_ray.service.registry.model_uri import filter_value
 from pdml_ray.service.tracking import tracking_uri_scope
 

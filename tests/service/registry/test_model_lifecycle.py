@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pdml_ray.config import dump_config
-from pdml_ray.service.driver import run_training
+from pdml_ray.service.train.driver import run_training
 from pdml_ray.service.registry.evaluate import EVALUATED_MODEL_TAG, log_evaluation
 from pdml_ray.service.registry.load import load_scene_parser
 from pdml_ray.service.registry.model_uri import resolve_model_version

@@ -8,7 +8,7 @@ import importlib.metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pdml_ray.service.pyfunc_log import requirements
+from pdml_ray.service.registry.pyfunc_log import requirements
 
 
 def installed(name: str) -> str:

@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from pdml_ray.config import from_dict, resolve_paths
 from pdml_ray.data import SyntheticDataset
 from pdml_ray.models import build_model
-from pdml_ray.service.pyfunc_log import requirements
-from pdml_ray.service.pyfunc_model import InvalidImages, as_images
+from pdml_ray.service.registry.pyfunc_log import requirements
+from pdml_ray.service.registry.pyfunc_model import InvalidImages, as_images
 from pdml_ray.service.registry.register import log_and_register
 from pdml_ray.service.tracking import tracking_uri_scope
 from tests.helpers import kill_session, wait_for

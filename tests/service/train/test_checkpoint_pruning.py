@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from pdml_ray.service.checkpoint import (RAY_SNAPSHOT_FILE, checkpoints_to_delete,
+from pdml_ray.service.train.checkpoint import (RAY_SNAPSHOT_FILE, checkpoints_to_delete,
                                          prune_checkpoints, recorded_metrics, snapshot_without)
 
 

@@ -1,4 +1,4 @@
-"""Logging a trained model as the pyfunc that :mod:`pdml_ray.service.pyfunc_model` loads.
+"""Logging a trained model as the pyfunc that :mod:`pdml_ray.service.registry.pyfunc_model` loads.
 
 The model is data only: the state_dict and the training config in ``data/scene_parser/``,
 with the loader module's name, the output signature, an input example, the dataset's
@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 
 from pdml_ray.config import Config
 from pdml_ray.data import dataset_class
-from pdml_ray.service.pyfunc_model import CONFIG_FILE, DATA_FOLDER, LOADER_MODULE, WEIGHTS_FILE
+from pdml_ray.service.registry.pyfunc_model import CONFIG_FILE, DATA_FOLDER, LOADER_MODULE, WEIGHTS_FILE
 from pdml_ray.service.tracking import tracking_uri_scope
 
 DISTRIBUTION = "pdml_ray"  # this project's installed distribution, whose code loads the model

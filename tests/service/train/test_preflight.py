@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pdml_ray.config import ConfigError
-from pdml_ray.service import preflight
-from pdml_ray.service.preflight import (ClusterTooSmall, check_before_training,
+from pdml_ray.service.train import preflight
+from pdml_ray.service.train.preflight import (ClusterTooSmall, check_before_training,
                                         check_schedulable, check_same_run, check_store_readable)
 from pdml_ray.service.tracking import TrackingUnavailable, start_run
 from tests.helpers import tiny_config
@@ -134,7 +134,7 @@ def test_a_bad_schedule_timeout_is_refused(text, monkeypatch):
 
 @pytest.mark.ray
 def test_train_on_a_too_small_local_cluster_fails_at_once(ray_cluster, cfg, tmp_path):
-    from pdml_ray.service.driver import run_training
+    from pdml_ray.service.train.driver import run_training
 
     assert preflight.autoscaler_maximum() is None  # a local Ray has no autoscaler
     cfg = cfg.replace(**{"ray.num_workers": 4, "train.batch_size": 4})

@@ -7,7 +7,7 @@ import logging
 from types import SimpleNamespace
 
 from pdml_ray.console import EpochClock, EpochProgress
-from pdml_ray.service.progress import TrialLines, render
+from pdml_ray.service.train.progress import TrialLines, render
 
 def test_worker_events_become_epoch_progress_and_warning_lines():
     out = io.StringIO()

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pdml_ray.config import dump_config
 from pdml_ray.data import DataError, ensure_synthetic, generate_scenes
-from pdml_ray.service.data_check import as_data_error, check_split
-from pdml_ray.service.driver import prepare_data
+from pdml_ray.service.train.data_check import as_data_error, check_split
+from pdml_ray.service.train.driver import prepare_data
 from tests.helpers import job_env, only_run, run_job, tiny_config
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from pdml_ray.service.sweep_results import table_csv, table_markdown
+from pdml_ray.service.tune.results import table_csv, table_markdown
 
 ROWS = [
     {"trial": "a1", "alpha": 0.4, "beta": 0.8, "margin": 20.0, "threshold": 0.61234,

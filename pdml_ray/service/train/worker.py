@@ -18,11 +18,11 @@ from pdml_ray.data.transforms import to_model_input
 from pdml_ray.engine import build_model_for, evaluate, make_optimizer, train_one_epoch
 from pdml_ray.mining import build_miner
 from pdml_ray.reports import markdown_table, prediction_grid
-from pdml_ray.service.checkpoint import load_training_state, save_training_state
-from pdml_ray.service.diagnostics import DistanceRecorder
-from pdml_ray.service.phases import PhaseClock
-from pdml_ray.service.progress import WorkerProgress
-from pdml_ray.service.store import StoreClient, shard_of, store_actor_name
+from pdml_ray.service.train.checkpoint import load_training_state, save_training_state
+from pdml_ray.service.train.diagnostics import DistanceRecorder
+from pdml_ray.service.train.phases import PhaseClock
+from pdml_ray.service.train.progress import WorkerProgress
+from pdml_ray.service.train.store import StoreClient, shard_of, store_actor_name
 from pdml_ray.service.tracking import MetricLogger, metric_key, start_system_metrics
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pdml_ray.data import ensure_synthetic
-from pdml_ray.service import worker
+from pdml_ray.service.train import worker
 from tests.helpers import tiny_config
 
 EPOCHS = 2

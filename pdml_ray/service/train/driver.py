@@ -29,17 +29,17 @@ from ray.train.v2._internal.execution.callback import WorkerCallback  # a Develo
 from pdml_ray.config import Config, resolve_paths
 from pdml_ray.console import verbose
 from pdml_ray.data import DataError, build_dataset, ensure_synthetic
-from pdml_ray.service.checkpoint import load_training_state, prune_checkpoints
-from pdml_ray.service.data_check import StopOnDataError, check_headers, data_error_of_run
-from pdml_ray.service.phases import PHASES, phase_metric
-from pdml_ray.service.preflight import check_before_training, record_run_config
-from pdml_ray.service.progress import console_board
+from pdml_ray.service.train.checkpoint import load_training_state, prune_checkpoints
+from pdml_ray.service.train.data_check import StopOnDataError, check_headers, data_error_of_run
+from pdml_ray.service.train.phases import PHASES, phase_metric
+from pdml_ray.service.train.preflight import check_before_training, record_run_config
+from pdml_ray.service.train.progress import console_board
 from pdml_ray.service.registry.register import RegisteredModel, log_and_register
 from pdml_ray.service.runtime import exit_if_local_ray_lost, wait_for_ray
-from pdml_ray.service.store import create_stores
+from pdml_ray.service.train.store import create_stores
 from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
                                        fail_fast_http, start_run)
-from pdml_ray.service.worker import train_loop_per_worker
+from pdml_ray.service.train.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class TrainingResult:
     per_class_iou: list[float]
     checkpoint_path: str
     registered: RegisteredModel | None
-    # where the run's wall time went, by phase (pdml_ray.service.phases.PHASES)
+    # where the run's wall time went, by phase (pdml_ray.service.train.phases.PHASES)
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 

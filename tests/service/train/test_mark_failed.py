@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from pdml_ray.service import driver
+from pdml_ray.service.train import driver
 from tests.helpers import UnavailableStore, tiny_config
 
 

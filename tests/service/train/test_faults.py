@@ -29,9 +29,9 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from pdml_ray.config import dump_config
-from pdml_ray.service.checkpoint import RAY_SNAPSHOT_FILE, load_training_state
-from pdml_ray.service.driver import run_training
-from pdml_ray.service.store import StoreClient, create_store, store_actor_name
+from pdml_ray.service.train.checkpoint import RAY_SNAPSHOT_FILE, load_training_state
+from pdml_ray.service.train.driver import run_training
+from pdml_ray.service.train.store import StoreClient, create_store, store_actor_name
 from pdml_ray.service.tracking import TrackingUnavailable, check_tracking_store
 from tests.helpers import (UnavailableStore, job_env, kill_session, only_run, run_job,
                            session_pids, start_job, tiny_config, wait_for)
@@ -317,7 +317,7 @@ def test_store_restart_is_noticed_and_logged(ray_cluster, caplog):
             sample = client.collect(step)  # None while the store is down or restarting
             return sample if client.restarts else None
 
-        with caplog.at_level("WARNING", logger="pdml_ray.service.store"):
+        with caplog.at_level("WARNING", logger="pdml_ray.service.train.store"):
             sample = wait_for(sample_after_restart, timeout_s=120, what="the restarted store")
         assert client.restarts == 1
         assert len(sample["labels"]) == 0  # the points it held are gone, nothing else broke

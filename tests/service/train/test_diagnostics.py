@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from pdml_ray.config import Config
 from pdml_ray.losses import triplet_distances
 from pdml_ray.mining import InBatchMiner, PointBatch
-from pdml_ray.service.diagnostics import ARTIFACT_DIR, DistanceRecorder, Reservoir
+from pdml_ray.service.train.diagnostics import ARTIFACT_DIR, DistanceRecorder, Reservoir
 from pdml_ray.service.tracking import MetricLogger
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pdml_ray.service.store import EmbeddingStore
+from pdml_ray.service.train.store import EmbeddingStore
 
 
 def rows(n: int, dim: int = 3, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ def test_empty_store_answers_with_empty_arrays():
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 8, 64])
 def test_shards_split_the_workers_into_even_groups(workers):
-    from pdml_ray.service.store import shard_of, store_actor_name
+    from pdml_ray.service.train.store import shard_of, store_actor_name
 
     for shards in range(1, workers + 1):
         groups = [[rank for rank in range(workers) if shard_of(rank, shards) == shard]

@@ -20,10 +20,10 @@ from mlflow.artifacts import download_artifacts
 from pdml_ray.config import load_config
 from pdml_ray.data.synthetic import SYNTHETIC_CLASSES
 from pdml_ray.engine import poly_lr
-from pdml_ray.service.checkpoint import CHECKPOINT_FILE, load_training_state
-from pdml_ray.service.driver import run_training
-from pdml_ray.service.phases import PHASES
-from pdml_ray.service.store import STORE_NAMESPACE, store_actor_name
+from pdml_ray.service.train.checkpoint import CHECKPOINT_FILE, load_training_state
+from pdml_ray.service.train.driver import run_training
+from pdml_ray.service.train.phases import PHASES
+from pdml_ray.service.train.store import STORE_NAMESPACE, store_actor_name
 from pdml_ray.service.tracking import tracking_uri_scope
 from tests.helpers import tiny_config, wait_for
 

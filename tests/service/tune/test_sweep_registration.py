@@ -11,7 +11,7 @@ from pdml_ray.config import from_dict, resolve_paths
 from pdml_ray.data.synthetic import SYNTHETIC_CLASSES
 from pdml_ray.models import build_model
 from pdml_ray.service.registry.register import RegisteredModel, log_and_register
-from pdml_ray.service.sweep_register import register_best
+from pdml_ray.service.tune.register import register_best
 from pdml_ray.service.tracking import start_run
 
 NAME = "pdml-scene-parser"

@@ -11,7 +11,7 @@ import ray.train
 from mlflow.tracking import MlflowClient
 
 from pdml_ray.config import Config, from_dict
-from pdml_ray.service.checkpoint import load_training_state
+from pdml_ray.service.train.checkpoint import load_training_state
 from pdml_ray.service.registry.model_uri import newest_version
 from pdml_ray.service.registry.register import VAL_MIOU_TAG, RegisteredModel, log_and_register
 

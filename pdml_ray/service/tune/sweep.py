@@ -22,13 +22,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from pdml_ray.config import Config, ConfigError, from_dict, resolve_paths
-from pdml_ray.service.driver import prepare_data, run_training, unique_run_name
-from pdml_ray.service.preflight import changed_settings
-from pdml_ray.service.progress import TrialLines
+from pdml_ray.service.train.driver import prepare_data, run_training, unique_run_name
+from pdml_ray.service.train.preflight import changed_settings
+from pdml_ray.service.train.progress import TrialLines
 from pdml_ray.service.registry.register import RegisteredModel
 from pdml_ray.service.runtime import wait_for_ray
-from pdml_ray.service.sweep_register import register_best
-from pdml_ray.service.sweep_results import expected_evaluations, log_sweep_report, results_table
+from pdml_ray.service.tune.register import register_best
+from pdml_ray.service.tune.results import expected_evaluations, log_sweep_report, results_table
 from pdml_ray.service.tracking import check_tracking_store, end_run, find_run, start_run
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
 from pdml_ray.config import ConfigError, dump_config
-from pdml_ray.service.sweep import concurrent_trials, run_sweep, search_space
-from pdml_ray.service.sweep_results import results_table
+from pdml_ray.service.tune.sweep import concurrent_trials, run_sweep, search_space
+from pdml_ray.service.tune.results import results_table
 from pdml_ray.service.tracking import end_run, start_run
 from tests.helpers import (job_env, kill_session, run_job, start_job, tiny_config,
                            wait_for)

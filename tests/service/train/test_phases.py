@@ -4,9 +4,9 @@ import itertools
 
 import pytest
 
-from pdml_ray.service import phases
-from pdml_ray.service.driver import _phase_seconds
-from pdml_ray.service.phases import PhaseClock, phase_metric, summary_line
+from pdml_ray.service.train import phases
+from pdml_ray.service.train.driver import _phase_seconds
+from pdml_ray.service.train.phases import PhaseClock, phase_metric, summary_line
 
 
 @pytest.fixture
