@@ -9,6 +9,7 @@ It expects Ray to be initialised by its caller (a job's ``ray_session`` or a Tun
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import secrets
@@ -39,6 +40,7 @@ from pdml_ray.service.runtime import exit_if_local_ray_lost, wait_for_ray
 from pdml_ray.service.train.store import create_stores
 from pdml_ray.service.tracking import (MetricLogger, check_tracking_store, end_run,
                                        fail_fast_http, start_run)
+from pdml_ray.service.train.reporter import WorkerSpec
 from pdml_ray.service.train.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,7 @@ def prepare_data(cfg: Config) -> None:
             raise DataError(problems[0].path, problems[0].problem + more)
 
 
-def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
+def build_trainer(cfg: Config, *, run_name: str, spec: WorkerSpec,
                   callbacks: Sequence = ()) -> TorchTrainer:
     scaling = ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                             resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
@@ -135,7 +137,7 @@ def build_trainer(cfg: Config, *, run_name: str, loop_config: dict,
         logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         # bad data: no retries; a stopped run: no step after the stop reaches a worker
         callbacks=[*callbacks, StopOnDataError(), StopStepsOnShutdown()])
-    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+    return TorchTrainer(train_loop_per_worker, train_loop_config={"spec": spec},
                         scaling_config=scaling, run_config=run_config,
                         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"))
 
@@ -167,11 +169,10 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
     if cfg.loss.mining == "global+store" and cfg.uses_pdml:
         stores = create_stores(run_name, cfg.loss.store_capacity, cfg.loss.store_shards,
                                seed=cfg.train.seed)
-    loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
-                   "store_run": run_name if stores else None,
-                   # MLflow's own setting, honoured on every node, not just where it was set
-                   "system_metrics_every_s": float(os.environ.get(
-                       "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10))}
+    spec = WorkerSpec(config=cfg.to_dict(), run_id=run_id, tracking_uri=uri,
+                      store_run=run_name if stores else None,
+                      system_metrics_every_s=float(os.environ.get(
+                          "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", 10)))
     # a job's own local Ray lost mid-run: one line, the run FAILED, the process ended
     watch = (exit_if_local_ray_lost(partial(_local_ray_lost, cfg, run_name, run_id,
                                             resume_command))
@@ -179,9 +180,10 @@ def run_training(cfg: Config, *, callbacks: Sequence = (), parent_run_id: str | 
     try:
         try:
             with console_board(run_name) if console else nullcontext() as board:
-                loop_config.update(progress_board=board, forward_warnings=not verbose())
+                spec = dataclasses.replace(spec, progress_board=board,
+                                           forward_warnings=not verbose())
                 with _sigint_handler_kept(), watch:
-                    result = build_trainer(cfg, run_name=run_name, loop_config=loop_config,
+                    result = build_trainer(cfg, run_name=run_name, spec=spec,
                                            callbacks=callbacks).fit()
         except ray.train.ControllerError as error:  # StopOnDataError ended the run
             data_error = data_error_of_run(error)
