@@ -58,6 +58,30 @@ def wait_for(condition, *, timeout_s: float, what: str, stop: threading.Event | 
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def run_beside(fault, work, *, join_timeout_s: float):
+    """Run ``work()`` while ``fault(done)`` acts on it from a thread of its own (kills a
+    worker, stops a server, ...): the harness of every chaos test. ``done`` is set once
+    ``work`` returns or raises, so a fault still waiting (:func:`wait_for` with
+    ``stop=done``) gives up. Returns ``(work's result, the fault's failure)``: the text of
+    an AssertionError the fault raised (a wait that timed out), or None."""
+    done, failures = threading.Event(), []
+
+    def guarded() -> None:
+        try:
+            fault(done)
+        except AssertionError as exc:
+            failures.append(str(exc))
+
+    thread = threading.Thread(target=guarded, daemon=True)
+    thread.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        thread.join(timeout=join_timeout_s)
+    return result, (failures[0] if failures else None)
+
+
 def session_pids(session_id: int) -> list[int]:
     """Live (non-zombie) processes of one session: a job started with start_new_session
     and every Ray process it spawned (Ray's workers get their own process groups but

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -33,7 +32,7 @@ from pdml_ray.service.train.checkpoint import RAY_SNAPSHOT_FILE, load_training_s
 from pdml_ray.service.train.driver import run_training
 from pdml_ray.service.train.store import StoreClient, create_store, store_actor_name
 from pdml_ray.service.tracking import TrackingUnavailable, check_tracking_store
-from tests.helpers import (UnavailableStore, job_env, kill_session, only_run, run_job,
+from tests.helpers import (UnavailableStore, job_env, kill_session, only_run, run_beside, run_job,
                            session_pids, start_job, tiny_config, wait_for)
 
 STEPS_PER_EPOCH = 4  # tiny_config: 16 train images, global batch 4
@@ -122,27 +121,19 @@ def test_killed_train_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_p
                       ray={"run_name": "faults-worker", "max_failures": 2,
                            "keep_checkpoints": EPOCHS},
                       mlflow={"register": False})
-    storage, done, killed = Path(cfg.ray.storage_path), threading.Event(), {}
+    storage, killed = Path(cfg.ray.storage_path), {}
 
-    def kill_one_worker_after_the_first_checkpoint():
-        try:
-            wait_for(lambda: checkpointed(storage, "faults-worker"), timeout_s=900,
-                     what="the first checkpoint", stop=done)
-            pid = wait_for(train_worker_pids, timeout_s=60, what="a Train worker", stop=done)[0]
-            killed["ms"] = int(time.time() * 1000)
-            os.kill(pid, signal.SIGKILL)
-            killed["pid"] = pid
-        except AssertionError as exc:
-            killed["error"] = str(exc)
+    def kill_one_worker_after_the_first_checkpoint(done):
+        wait_for(lambda: checkpointed(storage, "faults-worker"), timeout_s=900,
+                 what="the first checkpoint", stop=done)
+        pid = wait_for(train_worker_pids, timeout_s=60, what="a Train worker", stop=done)[0]
+        killed["ms"] = int(time.time() * 1000)
+        os.kill(pid, signal.SIGKILL)
+        killed["pid"] = pid
 
-    killer = threading.Thread(target=kill_one_worker_after_the_first_checkpoint, daemon=True)
-    killer.start()
-    try:
-        result = run_training(cfg)
-    finally:
-        done.set()
-        killer.join(timeout=60)
-    assert "pid" in killed, killed.get("error")
+    result, failure = run_beside(kill_one_worker_after_the_first_checkpoint,
+                                 lambda: run_training(cfg), join_timeout_s=60)
+    assert "pid" in killed, failure
 
     run = only_run(mlflow_uri, cfg.mlflow.experiment)
     assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
@@ -408,7 +399,7 @@ def test_mlflow_outage_mid_run_loses_no_metric(ray_cluster, tmp_path, data_root,
     cfg = tiny_config(tmp_path, data_root, mlflow_server.uri, train={"epochs": 3},
                       ray={"run_name": "faults-mlflow", "checkpoint_upload": "sync"},
                       mlflow={"register": False})
-    storage, done, outage = Path(cfg.ray.storage_path), threading.Event(), {}
+    storage, outage = Path(cfg.ray.storage_path), {}
     client = MlflowClient(mlflow_server.uri)
 
     def first_loss_logged() -> bool:
@@ -416,27 +407,19 @@ def test_mlflow_outage_mid_run_loses_no_metric(ray_cluster, tmp_path, data_root,
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         return bool(runs) and "loss" in runs[0].data.metrics
 
-    def stop_then_restart_the_server():
-        try:
-            wait_for(first_loss_logged, timeout_s=900, what="the first logged loss", stop=done)
-            mlflow_server.stop()
-            outage["stopped_ms"] = int(time.time() * 1000)
-            # Training must get through a whole epoch and its checkpoint without MLflow.
-            wait_for(lambda: checkpointed(storage, "faults-mlflow"), timeout_s=900,
-                     what="a checkpoint during the outage", stop=done)
-            outage["restarting_ms"] = int(time.time() * 1000)
-            mlflow_server.start()
-        except AssertionError as exc:
-            outage["error"] = str(exc)
+    def stop_then_restart_the_server(done):
+        wait_for(first_loss_logged, timeout_s=900, what="the first logged loss", stop=done)
+        mlflow_server.stop()
+        outage["stopped_ms"] = int(time.time() * 1000)
+        # Training must get through a whole epoch and its checkpoint without MLflow.
+        wait_for(lambda: checkpointed(storage, "faults-mlflow"), timeout_s=900,
+                 what="a checkpoint during the outage", stop=done)
+        outage["restarting_ms"] = int(time.time() * 1000)
+        mlflow_server.start()
 
-    chaos = threading.Thread(target=stop_then_restart_the_server, daemon=True)
-    chaos.start()
-    try:
-        result = run_training(cfg)
-    finally:
-        done.set()
-        chaos.join(timeout=240)
-    assert "restarting_ms" in outage, outage.get("error")
+    result, failure = run_beside(stop_then_restart_the_server, lambda: run_training(cfg),
+                                 join_timeout_s=240)
+    assert "restarting_ms" in outage, failure
 
     history = loss_history(mlflow_server.uri, result.mlflow_run_id)
     steps = sorted(step for step, _ in history)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from pathlib import Path
 
 import mlflow
@@ -25,7 +24,7 @@ from pdml_ray.service.train.driver import run_training
 from pdml_ray.service.train.phases import PHASES
 from pdml_ray.service.train.store import STORE_NAMESPACE, store_actor_name
 from pdml_ray.service.tracking import tracking_uri_scope
-from tests.helpers import tiny_config, wait_for
+from tests.helpers import run_beside, tiny_config, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -167,7 +166,7 @@ def store_run(ray_cluster, tmp_path_factory, data_root):
                             "store_shards": 2},
                       train={"epochs": 4, "eval_every_epochs": 2, "max_steps": MAX_STEPS},
                       ray={"run_name": "e2e-store"}, mlflow={"register": False})
-    done, killed = threading.Event(), {}
+    killed = {}
 
     def used_store():
         try:
@@ -180,12 +179,8 @@ def store_run(ray_cluster, tmp_path_factory, data_root):
             return None
         return store if pushes >= 4 else None
 
-    def kill_store_once_used():
-        try:
-            store = wait_for(used_store, timeout_s=600, what="4 pushes to the store", stop=done)
-        except AssertionError as exc:
-            killed["error"] = str(exc)
-            return
+    def kill_store_once_used(done):
+        store = wait_for(used_store, timeout_s=600, what="4 pushes to the store", stop=done)
         try:
             killed["ranks"] = [sorted(set(ray.get(ray.get_actor(
                 store_actor_name("e2e-store", shard), namespace=STORE_NAMESPACE).sample.remote(
@@ -196,13 +191,10 @@ def store_run(ray_cluster, tmp_path_factory, data_root):
         ray.kill(store, no_restart=False)  # Ray restarts it, empty
         killed["at"] = True
 
-    killer = threading.Thread(target=kill_store_once_used, daemon=True)
-    killer.start()
-    try:
-        result = run_training(cfg)
-    finally:
-        done.set()
-        killer.join(timeout=30)
+    result, failure = run_beside(kill_store_once_used, lambda: run_training(cfg),
+                                 join_timeout_s=30)
+    if failure is not None:
+        killed["error"] = failure
     return cfg, result, killed
 
 
