@@ -11,15 +11,12 @@ here: ``pdml_ray.service.train.data_check`` spreads the items over tasks.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from PIL import Image
-
 from .base import IMAGE_SUFFIXES, LABEL_SUFFIX, SPLIT_FOLDERS, SegmentationDataset
 from .errors import DataError
-from .io import LABEL_MODES, exif_turn_note, file_problem, image_size
+from .io import LABEL_MODES, exif_turn_note, image_size, opened_image
 from .pascal_context import LABEL_FOLDER, SPLIT_FILES, PascalContextDataset, read_split_list
 
 
@@ -65,19 +62,11 @@ def check_item(dataset: SegmentationDataset, index: int) -> list[FileProblem]:
     return problems
 
 
-def _label_header(path: Path, what: str) -> tuple[int, int]:
+def _label_header(path: Path, what: str, max_pixels: int) -> tuple[int, int]:
     """``(H, W)`` of a label PNG from its header; raises DataError on a missing file, an
     unreadable header, non-PNG data or a mode that holds no class ids."""
-    problem = file_problem(path)
-    if problem is not None:
-        raise DataError(path, f"{what} {problem}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as img:
-                size, mode, image_format = img.size, img.mode, img.format
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-            raise DataError(path, f"cannot read {what} header: {exc}") from None
+    with opened_image(path, what, f"cannot read {what} header", max_pixels) as img:
+        size, mode, image_format = img.size, img.mode, img.format
     if image_format != "PNG":
         raise DataError(path, f"{what} is {image_format} data, not PNG; save label maps as PNG")
     if mode not in LABEL_MODES:
@@ -94,8 +83,10 @@ def check_item_header(dataset: SegmentationDataset, index: int) -> list[FileProb
     record = dataset.records[index]
     problems, sizes = [], {}
     readers = (("image", lambda: image_size(record.image_path, dataset.max_image_pixels)),
-               ("label", lambda: _label_header(record.label_path, "label map")),
-               ("instances", lambda: (_label_header(record.instance_path, "instance map")
+               ("label", lambda: _label_header(record.label_path, "label map",
+                                               dataset.max_image_pixels)),
+               ("instances", lambda: (_label_header(record.instance_path, "instance map",
+                                                    dataset.max_image_pixels)
                                       if record.instance_path is not None else None)))
     for name, read in readers:
         try:

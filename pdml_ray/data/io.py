@@ -82,9 +82,11 @@ def bomb_problem(exc: Image.DecompressionBombError, what: str,
 
 
 @contextlib.contextmanager
-def _opened(path: Path, what: str, unreadable: str, max_pixels: int) -> Iterator[Image.Image]:
-    """The image with its header read and its size checked against ``max_pixels``;
-    ``unreadable`` starts the message when the header cannot be read."""
+def opened_image(path: Path, what: str, unreadable: str,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """The image with its header read and its size checked against ``max_pixels``: the
+    one place where what Pillow raises on opening a file becomes a DataError naming it
+    (``unreadable`` starts the message when the header cannot be read)."""
     problem = file_problem(path)
     if problem is not None:
         raise DataError(path, f"{what} {problem}")
@@ -106,7 +108,7 @@ def _opened(path: Path, what: str, unreadable: str, max_pixels: int) -> Iterator
 
 def _open_decoded(path: Path, what: str, max_pixels: int) -> Image.Image:
     unreadable = f"cannot decode {what} (corrupt or truncated file?)"
-    with _opened(path, what, unreadable, max_pixels) as img:
+    with opened_image(path, what, unreadable, max_pixels) as img:
         try:
             img.load()  # decode everything now: truncated files fail here, not in a worker
         except DECODE_ERRORS as exc:
@@ -156,7 +158,7 @@ def read_label(path: str | os.PathLike, what: str = "label map",
 
 def image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """``(H, W)`` read from the file header only (no decoding): cheap bounds checks."""
-    with _opened(Path(path), "image", "cannot read image header", max_pixels) as img:
+    with opened_image(Path(path), "image", "cannot read image header", max_pixels) as img:
         width, height = img.size
     return height, width
 
