@@ -28,10 +28,11 @@ ExtensionWeighting = Literal["pooled", "separate", "balanced"]
 # The defaults below are the demo's: synthetic scenes (version 1), a ResNet-18 from random
 # init. There the recipe they make (PDML on a projection head at 0.02, the `score`
 # extension weighed 4 apart from the points) beat point CE on held-out scenes and seeds
-# in 3 of 3 (+8.1, +0.4, +8.5 mIoU points). It is not evidence about real data: for
-# ADE20K and PASCAL-Context, configs/*.yaml keep the paper's recipe (features,
-# score+region, pooled), because no benchmark here has yet reproduced the paper's own
-# orderings on real-looking scenes (docs/benchmarks.md, "Calibrated against the paper").
+# in 3 of 3 (+8.1, +0.4, +8.5 mIoU points, before augmentation was drawn per sample).
+# It is not evidence about real data: for ADE20K and PASCAL-Context, configs/*.yaml keep
+# the paper's recipe (features, score+region, pooled), because no benchmark here has yet
+# reproduced the paper's own orderings on real-looking scenes (docs/benchmarks.md,
+# "Calibrated against the paper").
 # extension.weight when unset depends on where the backbone starts: from random init a
 # model still often wrong learns its own errors (8 and 16 fell 9 and 25 points below
 # point CE at the demo's settings, 4 stayed above it). The 16 for a pretrained backbone
