@@ -26,6 +26,13 @@ def add_config_file_arguments(parser: argparse.ArgumentParser, *,
                         "(repeatable; applied last)")
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model URI``: the registered model a job reads (predict, evaluate, suggest)."""
+    parser.add_argument("--model", default="models:/pdml-scene-parser@champion",
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model "
+                        "(default: %(default)s)")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_file_arguments(parser)
     parser.add_argument("--project-dir", default=None,

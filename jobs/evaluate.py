@@ -19,15 +19,14 @@ import math
 import time
 from pathlib import Path
 
-from jobs.cli import (add_config_arguments, add_inference_arguments, config_from_args,
-                      inference_options, run_cli)
+from jobs.cli import (add_config_arguments, add_inference_arguments, add_model_argument,
+                      config_from_args, inference_options, run_cli)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models:/pdml-scene-parser@champion",
-                        help="MLflow model URI (default: %(default)s)")
+    add_model_argument(parser)
     parser.add_argument("--report", metavar="DIR",
                         help="report folder (default: outputs/eval-<timestamp> in the project "
                         "folder)")

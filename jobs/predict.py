@@ -21,16 +21,14 @@ import argparse
 import contextlib
 import sys
 
-from jobs.cli import (add_config_arguments, add_inference_arguments, config_from_args,
-                      inference_options, run_cli)
+from jobs.cli import (add_config_arguments, add_inference_arguments, add_model_argument,
+                      config_from_args, inference_options, run_cli)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models:/pdml-scene-parser@champion",
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model "
-                        "(default: %(default)s)")
+    add_model_argument(parser)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="image files and/or folders of images")
     parser.add_argument("--out", required=True, help="folder for the output PNGs")

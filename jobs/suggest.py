@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.cli import add_config_arguments, config_from_args, positive_int, run_cli
+from jobs.cli import (add_config_arguments, add_model_argument, config_from_args, positive_int,
+                      run_cli)
 
 
 def main() -> int:
@@ -32,9 +33,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(prog="python -m jobs.suggest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models:/pdml-scene-parser@champion",
-                        help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model "
-                        "(default: %(default)s)")
+    add_model_argument(parser)
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--root", required=True, help="the dataset folder (its released layout)")
     parser.add_argument("--split", default="train", choices=("train", "val"))
