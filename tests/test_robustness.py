@@ -192,7 +192,8 @@ def test_image_with_a_broken_header_is_refused_on_import(scenes, tmp_path):
     out = tmp_path / "points.parquet"
     # --skip-check: the import's own header read, not the full check that runs first.
     assert error_lines(prepare_points(root, out, "--import", str(clicks), "--skip-check")) == [
-        f"error: {image}: cannot read image header: cannot identify image file '{image}'"]
+        f"error: {image}: cannot read image header: not an image file (unknown format or "
+        "corrupt header)"]
     assert_nothing_written(out)
 
 

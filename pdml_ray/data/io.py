@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import stat
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..config import DataConfig
 from .errors import DataError
@@ -82,19 +83,28 @@ def bomb_problem(exc: Image.DecompressionBombError, what: str,
 
 
 @contextlib.contextmanager
-def opened_image(path: Path, what: str, unreadable: str,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+def opened_image(path: str | os.PathLike, what: str, unreadable: str,
+                 max_pixels: int = MAX_IMAGE_PIXELS, *,
+                 content: bytes | None = None) -> Iterator[Image.Image]:
     """The image with its header read and its size checked against ``max_pixels``: the
-    one place where what Pillow raises on opening a file becomes a DataError naming it
-    (``unreadable`` starts the message when the header cannot be read)."""
-    problem = file_problem(path)
-    if problem is not None:
-        raise DataError(path, f"{what} {problem}")
+    one place where what Pillow raises on opening an image becomes a DataError naming it
+    (``unreadable`` starts the message when the header cannot be read).
+
+    ``content``: the file's bytes, already read (from object storage, or by a driver
+    that ships them to Ray workers); ``path`` then only names them in messages.
+    """
+    if content is None:
+        problem = file_problem(path)
+        if problem is not None:
+            raise DataError(path, f"{what} {problem}")
     with warnings.catch_warnings():
         # Pillow warns from 89 megapixels; the cap is checked on the header below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = Image.open(path if content is None else io.BytesIO(content))
+        except UnidentifiedImageError:  # Pillow's message would repeat the path
+            raise DataError(path, f"{unreadable}: not an image file (unknown format or "
+                                  "corrupt header)") from None
         except Image.DecompressionBombError as exc:
             raise DataError(path, bomb_problem(exc, what, max_pixels)) from None
         except DECODE_ERRORS as exc:
@@ -106,25 +116,30 @@ def opened_image(path: Path, what: str, unreadable: str,
         yield img
 
 
-def _open_decoded(path: Path, what: str, max_pixels: int) -> Image.Image:
+def decoded_image(path: str | os.PathLike, what: str = "image",
+                  max_pixels: int = MAX_IMAGE_PIXELS, *,
+                  content: bytes | None = None) -> Image.Image:
+    """The image decoded in full, so that a truncated file fails here, naming ``path``,
+    not later in a worker (``content``: its bytes, as for :func:`opened_image`)."""
     unreadable = f"cannot decode {what} (corrupt or truncated file?)"
-    with opened_image(path, what, unreadable, max_pixels) as img:
+    with opened_image(path, what, unreadable, max_pixels, content=content) as img:
         try:
-            img.load()  # decode everything now: truncated files fail here, not in a worker
+            img.load()
         except DECODE_ERRORS as exc:
             raise DataError(path, f"{unreadable}: {exc}") from None
     return img
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, *,
+               content: bytes | None = None) -> np.ndarray:
     """An RGB image as ``uint8 (H, W, 3)``; grey or palette images are converted to RGB.
     Images of more than ``max_pixels`` pixels are refused (``data.max_image_pixels``).
+    ``content``: the file's bytes when they were read elsewhere (object storage).
 
     Pixels are taken as stored: an EXIF orientation tag is not applied, because label maps
     are drawn on the stored pixel grid (see :func:`exif_orientation`).
     """
-    path = Path(path)
-    img = _open_decoded(path, "image", max_pixels)
+    img = decoded_image(path, "image", max_pixels, content=content)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
@@ -140,7 +155,7 @@ def read_label(path: str | os.PathLike, what: str = "label map",
     their name (a JPEG saved as ``.png``): lossy compression changes class ids.
     """
     path = Path(path)
-    img = _open_decoded(path, what, max_pixels)
+    img = decoded_image(path, what, max_pixels)
     if img.format != "PNG":
         lossy = " (lossy compression has changed its class ids)" if img.format == "JPEG" else ""
         raise DataError(path, f"{what} is {img.format} data, not PNG{lossy}; save label maps "

@@ -20,7 +20,6 @@ from weights put once in the object store.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections import Counter
@@ -30,10 +29,10 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import ray
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from pdml_ray.data.io import (DECODE_ERRORS, MAX_IMAGE_PIXELS, atomic_file, bomb_problem,
-                              pixel_cap_problem)
+from pdml_ray.data.errors import DataError
+from pdml_ray.data.io import DECODE_ERRORS, MAX_IMAGE_PIXELS, atomic_file, decoded_image
 from pdml_ray.inference import Progress, SceneParser
 from pdml_ray.reports import class_id_image, overlay, png_bytes
 
@@ -100,35 +99,24 @@ def output_stems(sources: Sequence[Path]) -> list[str]:
     return numbered
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS,
+                 name: str | os.PathLike = "image") -> np.ndarray:
     """Image file bytes -> ``uint8 (H, W, 3)`` RGB as a viewer shows it.
 
     EXIF orientation is applied (phone photos); grey, palette, RGBA (alpha dropped),
     CMYK and 16-bit images are converted to 8-bit RGB; animations give their first frame.
-    Raises ValueError with the decoder's reason when the bytes are no readable image, and
-    before decoding when the header says more than ``max_pixels`` pixels.
+    Raises DataError naming ``name`` with the decoder's reason when the bytes are no
+    readable image, and before decoding when the header says more than ``max_pixels``.
     """
+    img = decoded_image(name, "image", max_pixels, content=data)
     try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ValueError("not an image file (unknown format or corrupt header)") from None
-    except Image.DecompressionBombError as exc:
-        raise ValueError(bomb_problem(exc, "image", max_pixels)) from None
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey: keep the top byte
+            values = np.asarray(img, dtype=np.uint32) >> (8 if img.mode != "I" else 0)
+            img = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except DECODE_ERRORS as exc:
-        raise ValueError(f"cannot decode image (corrupt or truncated file?): {exc}") from None
-    with img:
-        too_large = pixel_cap_problem(img.size, "image", max_pixels)
-        if too_large is not None:
-            raise ValueError(too_large)
-        try:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey: keep the top byte
-                values = np.asarray(img, dtype=np.uint32) >> (8 if img.mode != "I" else 0)
-                img = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except DECODE_ERRORS as exc:
-            raise ValueError(f"cannot decode image (corrupt or truncated file?): {exc}") from None
+        raise DataError(name, f"cannot decode image (corrupt or truncated file?): {exc}") from None
 
 
 def render(parser: SceneParser, data: bytes, *, alpha: float = 0.5,
@@ -156,6 +144,9 @@ def write_outputs(out_dir: Path, stem: str, classes_png: bytes, overlay_png: byt
 
 
 def _reason(exc: BaseException) -> str:
+    """Why an image failed, without its name (its outcome carries the source)."""
+    if isinstance(exc, DataError):
+        return exc.problem
     return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
 
 

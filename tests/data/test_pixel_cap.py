@@ -88,6 +88,6 @@ def test_functions_without_a_config_keep_the_default_cap(tmp_path):
     assert str(info.value) == refusal(photo, 1024, 100)
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((SIDE, SIDE, 3), np.uint8)).save(buffer, format="JPEG")
-    with pytest.raises(ValueError) as info:
-        decode_image(buffer.getvalue(), max_pixels=100)
-    assert f"{photo}: {info.value}" == refusal(photo, 1024, 100)
+    with pytest.raises(DataError) as info:
+        decode_image(buffer.getvalue(), max_pixels=100, name=photo)
+    assert str(info.value) == refusal(photo, 1024, 100)

@@ -4,18 +4,15 @@ folder URI that pyarrow understands (``s3://bucket/images/training``, ``gs://...
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image
 
 from pdml_ray.data.errors import DataError
-from pdml_ray.data.io import DECODE_ERRORS, MAX_IMAGE_PIXELS, pixel_cap_problem
+from pdml_ray.data.io import MAX_IMAGE_PIXELS, read_image
 
 
 @dataclass(frozen=True)
@@ -53,16 +50,6 @@ def read_rgb(filesystem: pafs.FileSystem, path: str,
     try:
         with filesystem.open_input_file(path) as file:
             content = file.read()
-    except (OSError, FileNotFoundError) as exc:
+    except OSError as exc:
         raise DataError(path, f"cannot read image: {exc}") from None
-    with warnings.catch_warnings():
-        # Pillow warns from 89 megapixels; the cap is checked on the header below.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(content))
-            problem = pixel_cap_problem(img.size, "image", max_pixels)
-            if problem is None:
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except DECODE_ERRORS as exc:
-            raise DataError(path, f"cannot decode image (corrupt or truncated file?): {exc}") from None
-    raise DataError(path, problem)
+    return read_image(path, max_pixels, content=content)
