@@ -10,9 +10,11 @@ is the side of its training crops, then the class map is scaled back to the phot
 
 For each image ``NAME.ext``: ``NAME_classes.png`` (palette PNG, pixel value = class id)
 and ``NAME_overlay.png`` (the photo under the coloured classes, with a legend). Any size,
-RGB, grey, RGBA or palette images. More than ``--local-below`` images are spread over
-Ray tasks (a local Ray is started when no cluster is given). An unreadable file is
-reported and skipped; the exit code is then 1.
+RGB, grey, RGBA or palette images. More than ``--local-below`` images go through Ray
+Data batch inference, one model per actor (a local Ray is started when no cluster is
+given); the files are read on this machine and the outputs written here, so the
+cluster's other nodes need neither folder. An unreadable file is reported and skipped;
+the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import contextlib
 import sys
 
 from jobs.cli import (add_config_arguments, add_inference_arguments, add_model_argument,
-                      config_from_args, inference_options, run_cli)
+                      config_from_args, inference_options, positive_int, run_cli)
 
 
 def main() -> int:
@@ -35,10 +37,13 @@ def main() -> int:
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="opacity of the class colours in the overlay (default: 0.5)")
     parser.add_argument("--local-below", type=int, default=8, metavar="N",
-                        help="predict up to N images in this process, more on Ray tasks "
+                        help="predict up to N images in this process, more on Ray Data "
                         "(default: 8)")
-    parser.add_argument("--chunk-size", type=int, default=0, metavar="N",
-                        help="images per Ray task (default: about four tasks per CPU)")
+    parser.add_argument("--actors", type=positive_int, default=None,
+                        help="models predicting at once on Ray Data (default: one per CPU "
+                        "of the cluster, one per GPU with ray.use_gpu)")
+    parser.add_argument("--batch-size", type=positive_int, default=4,
+                        help="images per Ray Data batch (default: 4)")
     parser.add_argument("--full-resolution", action="store_true",
                         help="predict at the photo's own resolution instead of scaling its "
                         "shorter side to the model's training crop side (--tile, --scales "
@@ -58,7 +63,7 @@ def main() -> int:
 
     from tqdm import tqdm
 
-    from pdml_ray.service.predict import TileBar, collect_inputs, predict_local, predict_on_ray
+    from pdml_ray.service.predict import TileBar, collect_inputs, predict_local
     from pdml_ray.service.registry.load import load_scene_parser
     from pdml_ray.service.runtime import ray_session
 
@@ -78,9 +83,8 @@ def main() -> int:
     else:
         session = ray_session(cfg.ray.address)
         # A generator: it touches Ray only once iterated, inside the session.
-        results = predict_on_ray(loaded.parser, sources, out_dir, chunk_size=args.chunk_size,
-                                 alpha=args.alpha, options=options, max_pixels=max_pixels,
-                                 num_gpus=1 if cfg.ray.use_gpu else 0)
+        results = _on_ray_data(loaded.parser, sources, out_dir, args, options, max_pixels,
+                               use_gpu=cfg.ray.use_gpu)
     failed = []
     with session, tqdm(total=len(sources), desc="predicting", unit="image") as bar:
         for outcomes in results:
@@ -96,6 +100,17 @@ def main() -> int:
         print(f"{len(failed)} failed: {', '.join(str(path) for path in failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _on_ray_data(parser, sources, out_dir, args, options, max_pixels, *, use_gpu: bool):
+    from pdml_ray.service.infer.actor_pool import default_actors
+    from pdml_ray.service.infer.predict import predict_on_ray_data
+
+    actors = args.actors or default_actors(use_gpu)
+    yield from predict_on_ray_data(parser, sources, out_dir, actors=actors,
+                                   batch_size=args.batch_size, alpha=args.alpha,
+                                   options=options, max_pixels=max_pixels,
+                                   gpus_per_actor=1.0 if use_gpu else 0.0)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Prediction on a user's image files: class-id PNGs and overlays, here or on Ray.
+"""Prediction on a user's image files: class-id PNGs and overlays.
 
 For every input ``photo.jpg`` the output folder gets ``photo_classes.png`` (palette PNG,
 pixel value = class id) and ``photo_overlay.png`` (the photo blended with the colour mask,
@@ -10,17 +10,13 @@ Photos are predicted at the model's working resolution unless the options say
 ``resolution=None`` (:meth:`SceneParser.predict`): their shorter side scaled to the side of
 the model's training crops, the class map scaled back to the photo's size.
 
-Both :func:`predict_local` and :func:`predict_on_ray` yield lists of
-:class:`PredictionOutcome` as work completes (one image at a time here, one chunk at a
-time on Ray), for the caller's progress bar. On Ray the driver reads the files and writes
-the results: tasks get image bytes and return PNG bytes, so worker nodes need neither the
-input folder nor the output folder, and each task builds the model once for its chunk
-from weights put once in the object store.
+:func:`predict_local` predicts in this process and yields one ``[outcome]`` per image;
+many images go through Ray Data instead (:mod:`pdml_ray.service.infer.predict`), which
+reuses this module's reading, rendering and writing.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -28,7 +24,6 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
-import ray
 from PIL import Image, ImageOps
 
 from pdml_ray.data.errors import DataError
@@ -143,14 +138,14 @@ def write_outputs(out_dir: Path, stem: str, classes_png: bytes, overlay_png: byt
     return paths
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     """Why an image failed, without its name (its outcome carries the source)."""
     if isinstance(exc, DataError):
         return exc.problem
     return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
 
 
-def _read(source: Path) -> bytes:
+def read_source(source: Path) -> bytes:
     try:
         return source.read_bytes()
     except FileNotFoundError:
@@ -202,97 +197,11 @@ def predict_local(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *
     forward pass (:meth:`SceneParser.probabilities`)."""
     for source, stem in zip(sources, output_stems(sources)):
         try:
-            classes_png, overlay_png, present = render(parser, _read(source), alpha=alpha,
+            classes_png, overlay_png, present = render(parser, read_source(source), alpha=alpha,
                                                        options=options, max_pixels=max_pixels,
                                                        progress=progress)
         except IMAGE_ERRORS as exc:
-            yield [PredictionOutcome(source, error=_reason(exc))]
+            yield [PredictionOutcome(source, error=failure_reason(exc))]
             continue
         outputs = write_outputs(out_dir, stem, classes_png, overlay_png)
         yield [PredictionOutcome(source, outputs, classes_present=present)]
-
-
-# -- on Ray --------------------------------------------------------------------------
-def _predict_chunk(model: tuple[dict, dict], items: list[tuple[int, bytes]], alpha: float,
-                   options: Mapping, max_pixels: int
-                   ) -> list[tuple[int, bytes | None, bytes | None, tuple, str]]:
-    """One Ray task: build the model once, then ``(index, classes PNG, overlay PNG,
-    classes present, error)`` for each ``(index, image bytes)`` of the chunk."""
-    import torch
-
-    state, config = model
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    parser = SceneParser.from_state(state, config, device=device)
-    results = []
-    for index, data in items:
-        try:
-            results.append((index, *render(parser, data, alpha=alpha, options=options,
-                                           max_pixels=max_pixels), ""))
-        except IMAGE_ERRORS as exc:
-            results.append((index, None, None, (), _reason(exc)))
-    return results
-
-
-def default_chunk_size(num_images: int, num_cpus: float) -> int:
-    """About four chunks per CPU (balance and a moving progress bar), 1 to 32 images each
-    (a chunk must be worth building the model for, and stay small in the object store)."""
-    return int(np.clip(math.ceil(num_images / max(4 * num_cpus, 1)), 1, 32))
-
-
-def predict_on_ray(parser: SceneParser, sources: Sequence[Path], out_dir: Path, *,
-                   chunk_size: int = 0, alpha: float = 0.5, options: Mapping | None = None,
-                   max_pixels: int = MAX_IMAGE_PIXELS, num_gpus: float = 0
-                   ) -> Iterator[list[PredictionOutcome]]:
-    """Spread the images over Ray tasks of ``chunk_size`` images (0: automatic), each
-    task on one CPU (and ``num_gpus``); yields the outcomes of each chunk as it finishes.
-    Needs an initialised Ray.
-
-    At most two chunks per cluster CPU are in flight, so the driver holds a bounded
-    number of image files in memory however many there are. A chunk whose task dies
-    (its worker crashed) is reported as failed images; the other chunks go on.
-    """
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    chunk_size = chunk_size or default_chunk_size(len(sources), cpus)
-    stems = output_stems(sources)
-    state = {key: value.detach().cpu() for key, value in parser.model.state_dict().items()}
-    model_ref = ray.put((state, parser.cfg.to_dict()))
-    task = ray.remote(num_cpus=1, num_gpus=num_gpus)(_predict_chunk)
-    starts = iter(range(0, len(sources), chunk_size))
-    pending: dict[ray.ObjectRef, list[int]] = {}  # task -> indices of its images
-    max_in_flight = max(2, int(2 * cpus))
-
-    def submit_more() -> Iterator[list[PredictionOutcome]]:
-        while len(pending) < max_in_flight:
-            start = next(starts, None)
-            if start is None:
-                return
-            items, unreadable = [], []
-            for index in range(start, min(start + chunk_size, len(sources))):
-                try:
-                    items.append((index, _read(sources[index])))
-                except ValueError as exc:
-                    unreadable.append(PredictionOutcome(sources[index], error=str(exc)))
-            if items:
-                ref = task.remote(model_ref, items, alpha, dict(options or {}), max_pixels)
-                pending[ref] = [index for index, _ in items]
-            if unreadable:
-                yield unreadable
-
-    yield from submit_more()
-    while pending:
-        (done,), _ = ray.wait(list(pending), num_returns=1)
-        indices = pending.pop(done)
-        try:
-            results = ray.get(done)
-        except ray.exceptions.RayError as exc:
-            reason = f"its Ray task failed: {type(exc).__name__}"
-            results = [(index, None, None, (), reason) for index in indices]
-        outcomes = []
-        for index, classes_png, overlay_png, present, error in results:
-            if error:
-                outcomes.append(PredictionOutcome(sources[index], error=error))
-                continue
-            outputs = write_outputs(out_dir, stems[index], classes_png, overlay_png)
-            outcomes.append(PredictionOutcome(sources[index], outputs, classes_present=present))
-        yield outcomes
-        yield from submit_more()

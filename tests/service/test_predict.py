@@ -143,7 +143,7 @@ def test_predict_here_on_mixed_images_reports_the_bad_one(registered, tmp_path):
 
 
 @pytest.mark.ray
-def test_predict_a_folder_on_ray_tasks(registered, tmp_path, job_tmpdir):
+def test_predict_a_folder_on_ray_data(registered, tmp_path, job_tmpdir):
     photos = tmp_path / "many"
     photos.mkdir()
     sizes = {f"img{k:02d}": (20 + 3 * k, 41 - 2 * k) for k in range(10)}
@@ -152,7 +152,7 @@ def test_predict_a_folder_on_ray_tasks(registered, tmp_path, job_tmpdir):
     (photos / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "out"
     result = run_job("jobs.predict", "--input", str(photos), "--out", str(out),
-                     "--local-below", "4", "--chunk-size", "3",
+                     "--local-below", "4", "--batch-size", "3", "--actors", "2",
                      "--set", f"mlflow.tracking_uri={registered}", env=job_env(job_tmpdir))
     assert result.returncode == 1, result.stderr
     assert f"error: {photos / 'zz_corrupt.png'}: " in result.stderr
@@ -164,12 +164,13 @@ def test_predict_a_folder_on_ray_tasks(registered, tmp_path, job_tmpdir):
 
 
 @pytest.mark.ray
-def test_a_ray_task_that_dies_fails_its_own_images_and_no_other(ray_cluster, tmp_path,
-                                                                 monkeypatch):
-    """A worker process that dies mid-task (a segfault, the OOM killer) takes its chunk's
-    images with it; they come back as failed, named, and the other chunks are written."""
+def test_an_actor_that_dies_fails_its_own_images_and_no_other(ray_cluster, tmp_path,
+                                                              monkeypatch):
+    """An actor process that dies mid-batch (a segfault, the OOM killer) takes its batch's
+    images with it; they come back as failed, named, and the other batches are written
+    by the actor the pool starts in its place."""
     from pdml_ray.inference import SceneParser
-    from pdml_ray.service import predict
+    from pdml_ray.service.infer import predict
 
     cfg = from_dict({"model": {"backbone": "resnet18", "head": "linear"}})
     parser = SceneParser(build_model(num_classes=NUM_CLASSES, backbone="resnet18",
@@ -181,21 +182,22 @@ def test_a_ray_task_that_dies_fails_its_own_images_and_no_other(ray_cluster, tmp
     sources = [save(photos / f"{stem}.png", rgb(*size, seed=k))
                for k, (stem, size) in enumerate(sizes.items())]
     doomed = photos / "doomed.png"
-    doomed.write_bytes(b"this image kills its worker")
+    doomed.write_bytes(b"this image kills its actor")
     sources.insert(1, doomed)
-    real_chunk = predict._predict_chunk
 
-    def chunk_that_kills_its_worker(model, items, alpha, options, max_pixels):
-        if any(data == b"this image kills its worker" for _, data in items):
-            os._exit(1)
-        return real_chunk(model, items, alpha, options, max_pixels)
+    class PredictorThatDies(predict.Predictor):  # defined here: shipped to Ray by value
+        def __call__(self, batch):
+            if any(bytes(data) == b"this image kills its actor" for data in batch["data"]):
+                os._exit(1)
+            return super().__call__(batch)
 
-    monkeypatch.setattr(predict, "_predict_chunk", chunk_that_kills_its_worker)
-    outcomes = [outcome for chunk in predict.predict_on_ray(parser, sources, out, chunk_size=1)
-                for outcome in chunk]
+    monkeypatch.setattr(predict, "Predictor", PredictorThatDies)
+    outcomes = [outcome for batch in predict.predict_on_ray_data(parser, sources, out,
+                                                                 actors=1, batch_size=1)
+                for outcome in batch]
     assert sorted(outcome.source for outcome in outcomes) == sorted(sources)  # each once
     failed = {outcome.source: outcome.error for outcome in outcomes if outcome.error}
-    assert failed == {doomed: "its Ray task failed: WorkerCrashedError"}
+    assert failed == {doomed: predict.LOST_BATCH}
     for stem, size in sizes.items():
         check_outputs(out, stem, size)
     assert sorted(path.name for path in out.iterdir()) == sorted(
@@ -209,12 +211,12 @@ def test_inputs_skip_this_jobs_outputs_and_macos_files_but_keep_odd_entries(tmp_
     (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
     names = [path.name for path in collect_inputs([tmp_path], out_dir=tmp_path)]
     assert names == ["a.jpg", "folder.jpg", "gone.png"]  # the last two fail, reported by name
-    from pdml_ray.service.predict import _read
+    from pdml_ray.service.predict import read_source
 
     with pytest.raises(ValueError, match=r"^is a folder, not an image$"):
-        _read(tmp_path / "folder.jpg")
+        read_source(tmp_path / "folder.jpg")
     with pytest.raises(ValueError) as info:
-        _read(tmp_path / "gone.png")
+        read_source(tmp_path / "gone.png")
     assert str(info.value) == f"broken symlink (to {tmp_path / 'nowhere.png'})"
     elsewhere = collect_inputs([tmp_path], out_dir=tmp_path / "out")
     assert [path.name for path in elsewhere] == ["a.jpg", "a_classes.png", "a_overlay.png",

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import ray
 
 from pdml_ray.config import ConfigError
 from pdml_ray.data import DataError, SegmentationDataset, dataset_class, read_points
@@ -25,6 +24,7 @@ from pdml_ray.labelling.pictures import score_histogram, suggestion_overlay
 from pdml_ray.labelling.scoring import ScoringSettings
 from pdml_ray.labelling.suggestions import (Suggestion, pick_suggestions,
                                             write_suggestions_csv)
+from pdml_ray.service.infer.actor_pool import default_actors
 from pdml_ray.service.infer.round_log import log_round
 from pdml_ray.service.infer.sources import (image_filesystem, image_sources, read_rgb)
 from pdml_ray.service.infer.suggest import ScoredImages, score_images
@@ -120,7 +120,7 @@ def suggest_round(request: SuggestRequest,
     sources = image_sources([record.image_path for record in data.records], folder)
     clicks = {} if table is None else {i: table.for_image(i) for i in table.image_ids}
     with ray_session(request.ray_address):
-        actors = request.actors or _default_actors(request)
+        actors = request.actors or default_actors(request.use_gpu, request.cpus_per_actor)
         say(f"scoring on {actors} actor(s), strategy {request.settings.strategy}")
         scored = score_images(
             sources, filesystem=filesystem, state_dict=loaded.parser.model.state_dict(),
@@ -155,13 +155,6 @@ def suggest_round(request: SuggestRequest,
         files=files, overlays=request.overlays,
         histogram=score_histogram(scored.candidates.score, picked))
     return RoundResult(suggestions, scored, version, run_id, files)
-
-
-def _default_actors(request: SuggestRequest) -> int:
-    resources = ray.cluster_resources()
-    if request.use_gpu:
-        return max(1, int(resources.get("GPU", 1)))
-    return max(1, int(resources.get("CPU", 1) // request.cpus_per_actor))
 
 
 def _write_suggestions(request: SuggestRequest, data: SegmentationDataset,

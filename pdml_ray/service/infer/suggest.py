@@ -17,7 +17,6 @@ The driver then spreads the budget over all candidates (:func:`pick_suggestions`
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import time
 from dataclasses import dataclass
@@ -28,49 +27,26 @@ import pyarrow.fs as pafs
 import ray
 import torch
 
-from pdml_ray import console
 from pdml_ray.data.errors import DataError
 from pdml_ray.data.io import MAX_IMAGE_PIXELS
 from pdml_ray.labelling.candidates import Candidates
 from pdml_ray.labelling.coverage import LabelledEmbeddings, typical_spacing
 from pdml_ray.labelling.scoring import (ScoringSettings, embeddings_at_clicks, forward,
                                         image_candidates, working_view)
+from pdml_ray.service.infer.actor_pool import ActorModel, quiet_ray_data
 from pdml_ray.service.infer.sources import ImageSource, read_rgb
 
 CANDIDATE_COLUMNS = ("y", "x", "region", "tier", "predicted_class", "score")
 _NO_CLICKS = np.zeros((0, 3), dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class ScoringModel:
-    """What each actor builds its model from: the state_dict in the object store (inside
-    a list, so Ray Data hands the actor the reference rather than resolving it on the
-    driver) and the JSON config the model was trained with."""
-
-    weights: list
-    config: dict
-
-    @classmethod
-    def put(cls, state_dict: Mapping[str, torch.Tensor], config: dict) -> ScoringModel:
-        return cls([ray.put(dict(state_dict))], config)
-
-    def build(self, threads: int):
-        """The model (classifier logits + backbone-feature embeddings) and its working
-        side, on a GPU when the actor was given one."""
-        from pdml_ray.inference import SceneParser
-
-        torch.set_num_threads(max(1, threads))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        parser = SceneParser.from_state(ray.get(self.weights[0]), self.config, device=device)
-        return parser.model, parser.working_size
-
-
 class _ModelActor:
     """One model per actor, and the clicks of the split (a dict in the object store)."""
 
-    def __init__(self, model: ScoringModel, filesystem: pafs.FileSystem, clicks: list,
+    def __init__(self, model: ActorModel, filesystem: pafs.FileSystem, clicks: list,
                  threads: int, max_pixels: int):
-        self.model, self.working_side = model.build(threads)
+        parser = model.parser(threads)  # logits, and embeddings from the backbone features
+        self.model, self.working_side = parser.model, parser.working_size
         self.filesystem = filesystem
         self.clicks: dict[str, np.ndarray] = ray.get(clicks[0])
         self.max_pixels = max_pixels
@@ -98,7 +74,7 @@ class ClickEmbedder(_ModelActor):
 class CandidateScorer(_ModelActor):
     """Batch ``{image_id, path}`` -> one row per candidate, with its image's id and size."""
 
-    def __init__(self, model: ScoringModel, filesystem: pafs.FileSystem, clicks: list,
+    def __init__(self, model: ActorModel, filesystem: pafs.FileSystem, clicks: list,
                  threads: int, max_pixels: int, bank: list, spacing: float,
                  settings: ScoringSettings):
         super().__init__(model, filesystem, clicks, threads, max_pixels)
@@ -140,15 +116,6 @@ class ScoredImages:
     @property
     def images_per_second(self) -> float:
         return self.images / self.scoring_seconds if self.scoring_seconds > 0 else float("nan")
-
-
-def quiet_ray_data() -> None:
-    """Ray Data's own progress bars and per-operator log lines stay off the console (the
-    job shows one bar of its own) unless --verbose / PDML_LOG_LEVEL asks for them."""
-    if console.verbose():
-        return
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # also its note that bars are off
 
 
 def _dataset(sources: Sequence[ImageSource], batch_size: int):
@@ -207,7 +174,7 @@ def score_images(sources: Sequence[ImageSource], *, filesystem: pafs.FileSystem,
     """
     quiet_ray_data()
     threads = max(1, int(cpus_per_actor))
-    model = ScoringModel.put(state_dict, config)
+    model = ActorModel.put(state_dict, config)
     clicks_ref = [ray.put({k: np.asarray(v, dtype=np.int64) for k, v in clicks.items()})]
     common = {"model": model, "filesystem": filesystem, "clicks": clicks_ref,
               "threads": threads, "max_pixels": max_pixels}
