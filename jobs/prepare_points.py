@@ -52,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        table, dataset = prepare_points(args.dataset, args.root, args.split, args.out,
-                                        seed=args.seed, strategy=args.strategy,
-                                        import_path=args.import_paths)
+        if args.import_paths:
+            from pdml_ray.labelling.tool_import import import_points
+
+            table, dataset = import_points(args.dataset, args.root, args.split, args.out,
+                                           args.import_paths)
+        else:
+            table, dataset = prepare_points(args.dataset, args.root, args.split, args.out,
+                                            seed=args.seed, strategy=args.strategy)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

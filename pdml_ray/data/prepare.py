@@ -1,21 +1,18 @@
-"""Point files for a dataset split: generate them from the dense labels, or import them.
+"""Point files for a dataset split, generated from the dense labels.
 
-This is what ``python -m jobs.prepare_points`` runs.
+This is what ``python -m jobs.prepare_points`` runs (with ``--import``, the labelling
+tools' files are read by :mod:`pdml_ray.labelling.tool_import` instead).
 """
 
 from __future__ import annotations
 
 import os
 import zlib
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from .base import SegmentationDataset
-from .errors import DataError
-from .io import image_size
 from .points import PointTable, generate_points, write_points
 from .catalog import dataset_class
 
@@ -54,82 +51,14 @@ def generate_point_table(dataset: SegmentationDataset, *, seed: int = 0,
     return PointTable(points, metadata)
 
 
-def import_point_table(path: str | os.PathLike, dataset: SegmentationDataset) -> PointTable:
-    """Read a user's points and check them against ``dataset``: known image ids, class
-    range, every point inside its image, and the image sizes a labelling tool recorded.
-
-    The file is told apart by content: a Label Studio JSON export, a CVAT for images 1.1
-    XML export (class names mapped through the dataset's classes), or this project's own
-    Parquet, CSV or JSON (:func:`read_points`).
-    """
-    # Imported here: the labelling package sits above the data package and imports it.
-    from pdml_ray.labelling.tool_import import read_clicks
-
-    table, tool_sizes = read_clicks(path, dataset.classes)
-    dataset.check_points(table)
-    _check_tool_sizes(table.source, tool_sizes, dataset)  # before bounds: it says why
-    dataset.check_points(table, bounds=True)
-    generation: dict = {"imported_from": Path(path).name}
-    if "format" in table.metadata:
-        generation["format"] = table.metadata["format"]
-    if table.duplicates_dropped:
-        generation["duplicates_dropped"] = table.duplicates_dropped
-    return table.with_metadata({"dataset": dataset.name, "split": dataset.split,
-                                "classes": list(dataset.classes), "num_images": len(dataset),
-                                "generation": generation})
-
-
-def _check_tool_sizes(source: str, sizes: dict[str, tuple[int, int]],
-                      dataset: SegmentationDataset) -> None:
-    """A tool that saw an image at another size placed its points on other pixels."""
-    paths = {record.image_id: record.image_path for record in dataset.all_records}
-    for image_id, seen in sizes.items():
-        actual = image_size(paths[image_id], dataset.max_image_pixels)
-        if seen != actual:
-            raise DataError(source, f"image {image_id}: the labelling tool saw it as "
-                                    f"{seen[1]}x{seen[0]} but it is {actual[1]}x{actual[0]} "
-                                    f"(WxH); its points would land on other pixels")
-
-
-def merge_imports(tables: Sequence[PointTable], dataset: SegmentationDataset) -> PointTable:
-    """Several imported tables as one (the clicks a split had, and a labelling round's):
-    exact repeats are dropped; one pixel given two classes by two files is refused."""
-    if len(tables) == 1:
-        return tables[0]
-    rows: dict[str, list[np.ndarray]] = {}
-    for table in tables:
-        for image_id in table.image_ids:
-            rows.setdefault(image_id, []).append(table.for_image(image_id))
-    sources = [Path(table.source).name for table in tables]
-    merged = PointTable({k: np.concatenate(v) for k, v in rows.items()}, source=" + ".join(
-        table.source for table in tables))
-    dropped = merged.duplicates_dropped + sum(t.duplicates_dropped for t in tables)
-    generation: dict = {"imported_from": sources}
-    if dropped:
-        generation["duplicates_dropped"] = dropped
-    merged = merged.with_metadata({"dataset": dataset.name, "split": dataset.split,
-                                   "classes": list(dataset.classes), "num_images": len(dataset),
-                                   "generation": generation})
-    merged.duplicates_dropped = dropped  # what describe_points reports
-    return merged
-
-
 def prepare_points(dataset: str, root: str | os.PathLike, split: str, out: str | os.PathLike, *,
                    seed: int = 0, strategy: str = "random",
-                   import_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                    progress: bool = True) -> tuple[PointTable, SegmentationDataset]:
-    """Generate (or import) the points of a split and write them as Parquet to ``out``.
-
-    ``import_path``: one file, or several whose points are merged (:func:`merge_imports`).
-
-    Returns the table as written and the dataset it belongs to.
-    """
+    """Generate the points of a split from its dense labels and write them as Parquet to
+    ``out`` (importing a team's clicks instead: :func:`pdml_ray.labelling.tool_import.
+    import_points`). Returns the table as written and the dataset it belongs to."""
     data = dataset_class(dataset)(root, split)
-    if import_path is not None:
-        paths = [import_path] if isinstance(import_path, (str, os.PathLike)) else import_path
-        table = merge_imports([import_point_table(path, data) for path in paths], data)
-    else:
-        table = generate_point_table(data, seed=seed, strategy=strategy, progress=progress)
+    table = generate_point_table(data, seed=seed, strategy=strategy, progress=progress)
     return write_points(out, table), data
 
 

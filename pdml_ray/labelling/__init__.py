@@ -16,5 +16,5 @@ The labelling loop (``jobs.suggest``, then a labelling tool, then ``jobs.prepare
   files, and imports told apart by content.
 
 Submodules are imported where they are used (this file imports none of them): the
-dataset code imports ``tool_import`` without pulling in the model.
+``jobs.prepare_points --import`` reads ``tool_import`` without pulling in the model.
 """

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from pdml_ray.data import (ADE20KDataset, DataError, SyntheticDataset, describe_points,
                            prepare_points, read_points)
+from pdml_ray.labelling.tool_import import import_points
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,7 +120,7 @@ def test_prepare_points_on_ade20k_uses_connected_components(ade20k_root, tmp_pat
 def test_prepare_points_import_of_unknown_images(ade20k_root, tmp_path):
     clicks = tmp_path / "clicks.json"
     clicks.write_text('{"ADE_train_00000001": [{"y": 1, "x": 1, "cls": 3}], "nope": []}')
-    prepare_points("ade20k", ade20k_root, "train", tmp_path / "ok.parquet", import_path=clicks)
+    import_points("ade20k", ade20k_root, "train", tmp_path / "ok.parquet", [clicks])
     clicks.write_text('{"not_an_image": [{"y": 1, "x": 1, "cls": 3}]}')
     with pytest.raises(DataError, match="not_an_image"):
-        prepare_points("ade20k", ade20k_root, "train", tmp_path / "bad.parquet", import_path=clicks)
+        import_points("ade20k", ade20k_root, "train", tmp_path / "bad.parquet", [clicks])

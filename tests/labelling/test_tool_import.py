@@ -5,7 +5,6 @@ tasks -> completed -> imported back."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pdml_ray.data import DataError, SyntheticDataset, prepare_points, read_points, write_points
+from pdml_ray.data import DataError, SyntheticDataset, read_points, write_points
 from pdml_ray.labelling.label_studio import local_files_url, suggestion_tasks
 from pdml_ray.labelling.suggestions import (Suggestion, read_suggestions_csv,
                                             write_suggestions_csv)
-from pdml_ray.labelling.tool_import import detect_format
+from pdml_ray.labelling.tool_import import detect_format, import_points
 
 from .conftest import SCENE_SIZE
 
@@ -77,8 +76,7 @@ def test_round_trip_suggestions_to_label_studio_and_back(scenes, tmp_path):
     export = tmp_path / "project-1-at-2026-12-07.json"
     export.write_text(json.dumps(completed_by_annotator(tasks, masks, data.classes)))
 
-    table, _ = prepare_points("synthetic", scenes, "train", tmp_path / "points.parquet",
-                              import_path=export, progress=False)
+    table, _ = import_points("synthetic", scenes, "train", tmp_path / "points.parquet", [export])
     expected = {}
     for s in suggestions:
         expected.setdefault(s.image_id, set()).add((s.y, s.x, int(masks[s.image_id][s.y, s.x])))
@@ -136,16 +134,14 @@ def test_a_tool_that_saw_another_size_is_refused(scenes, tmp_path):
     export.write_bytes(cvat_export(f"{first}.jpg", 64, 64, "3,7", "sky"))
     with pytest.raises(DataError, match=rf"image {first}: the labelling tool saw it as 64x64 "
                                         rf"but it is 32x32 \(WxH\)"):
-        prepare_points("synthetic", scenes, "train", tmp_path / "p.parquet", import_path=export,
-                       progress=False)
+        import_points("synthetic", scenes, "train", tmp_path / "p.parquet", [export])
 
 
 def test_images_the_split_does_not_have_are_refused(scenes, tmp_path):
     export = tmp_path / "annotations.xml"
     export.write_bytes(cvat_export("holiday.jpg", SCENE_SIZE, SCENE_SIZE, "3,7", "sky"))
     with pytest.raises(DataError, match="1 image id.s. not in the synthetic train split.*holiday"):
-        prepare_points("synthetic", scenes, "train", tmp_path / "p.parquet", import_path=export,
-                       progress=False)
+        import_points("synthetic", scenes, "train", tmp_path / "p.parquet", [export])
 
 
 def test_the_project_s_own_files_still_import(scenes, tmp_path):
@@ -155,8 +151,8 @@ def test_the_project_s_own_files_still_import(scenes, tmp_path):
     write_points(tmp_path / "clicks.parquet", [(first, 7, 8, 1)])
     for name, row in (("clicks.csv", [1, 2, 3]), ("clicks.json", [4, 5, 6]),
                       ("clicks.parquet", [7, 8, 1])):
-        table, _ = prepare_points("synthetic", scenes, "train", tmp_path / "out.parquet",
-                                  import_path=tmp_path / name, progress=False)
+        table, _ = import_points("synthetic", scenes, "train", tmp_path / "out.parquet",
+                                 [tmp_path / name])
         assert table.for_image(first).tolist() == [row]
         assert table.metadata["generation"] == {"imported_from": name}
 
@@ -189,5 +185,4 @@ def test_two_files_giving_one_pixel_two_classes_are_refused(scenes, tmp_path):
     export.write_bytes(cvat_export(f"{first}.jpg", SCENE_SIZE, SCENE_SIZE, "5.5,6.5", "sky"))
     with pytest.raises(DataError, match=rf"{had} \+ {export}: image {first}: pixel \(y=6, x=5\) "
                                         rf"is labelled with two classes, 0 and 2"):
-        prepare_points("synthetic", scenes, "train", tmp_path / "p.parquet",
-                       import_path=[had, export], progress=False)
+        import_points("synthetic", scenes, "train", tmp_path / "p.parquet", [had, export])
