@@ -15,6 +15,6 @@ The labelling loop (``jobs.suggest``, then a labelling tool, then ``jobs.prepare
 - ``label_studio``, ``cvat``, ``tool_clicks``, ``tool_import``: the labelling tools'
   files, and imports told apart by content.
 
-Submodules are imported where they are used (this file imports none of them): the
+Submodules are imported where they are used (this file imports none of them):
 ``jobs.prepare_points --import`` reads ``tool_import`` without pulling in the model.
 """
