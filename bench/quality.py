@@ -748,12 +748,13 @@ def plot_curves(records: list[dict], labels: list[str], title: str, path) -> Non
         ax.plot(steps, means, color=colour, linewidth=2.2, marker="o", markersize=3,
                 label=f"{label} (mean of {len(curves)} seeds)")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("val mIoU (%)")
+    ax.set_ylabel("mIoU (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
+    # Below the axes: inside, it hid the lowest curves.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+              frameon=False)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -810,7 +811,7 @@ def main() -> None:
         shown = (["full", "point", "score (0.7)", "region", PAPER_RECIPE_ROW]
                  if args.table == "calibration" else ["full", "point", "point+pdml", DEFAULT_ROW])
         plot_curves(records, shown,
-                    f"val mIoU during training ({init}, {steps} steps)", picture)
+                    f"{args.split} mIoU during training ({init}, {steps} steps)", picture)
         print(f"curves: {picture}")
     print(f"{len(records)} runs in the table; this sitting took {wall / 60:.1f} min")
     print(f"raw results: {path}")
