@@ -8,6 +8,7 @@ PNGs, not the quality of the predictions.
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -164,40 +165,29 @@ def test_predict_a_folder_on_ray_data(registered, tmp_path, job_tmpdir):
 
 
 @pytest.mark.ray
-def test_an_actor_that_dies_fails_its_own_images_and_no_other(ray_cluster, tmp_path,
-                                                              monkeypatch):
+def test_an_actor_that_dies_fails_its_own_images_and_no_other(tmp_path, job_tmpdir):
     """An actor process that dies mid-batch (a segfault, the OOM killer) takes its batch's
     images with it; they come back as failed, named, and the other batches are written
-    by the actor the pool starts in its place."""
-    from pdml_ray.inference import SceneParser
-    from pdml_ray.service.infer import predict
+    by the actor Ray restarts in its place (on a Ray of its own: see dying_actor_predict)."""
+    from pdml_ray.service.infer.predict import LOST_BATCH
+    from tests.service.dying_actor_predict import DOOMED
 
-    cfg = from_dict({"model": {"backbone": "resnet18", "head": "linear"}})
-    parser = SceneParser(build_model(num_classes=NUM_CLASSES, backbone="resnet18",
-                                     head="linear"), cfg)
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
     out.mkdir()
     sizes = {f"img{k}": (12 + k, 16) for k in range(3)}
     sources = [save(photos / f"{stem}.png", rgb(*size, seed=k))
                for k, (stem, size) in enumerate(sizes.items())]
-    doomed = photos / "doomed.png"
-    doomed.write_bytes(b"this image kills its actor")
-    sources.insert(1, doomed)
+    doomed = photos / "img1_doomed.png"  # sorted between img1 and img2: batches either side
+    doomed.write_bytes(DOOMED)
 
-    class PredictorThatDies(predict.Predictor):  # defined here: shipped to Ray by value
-        def __call__(self, batch):
-            if any(bytes(data) == b"this image kills its actor" for data in batch["data"]):
-                os._exit(1)
-            return super().__call__(batch)
-
-    monkeypatch.setattr(predict, "Predictor", PredictorThatDies)
-    outcomes = [outcome for batch in predict.predict_on_ray_data(parser, sources, out,
-                                                                 actors=1, batch_size=1)
-                for outcome in batch]
-    assert sorted(outcome.source for outcome in outcomes) == sorted(sources)  # each once
-    failed = {outcome.source: outcome.error for outcome in outcomes if outcome.error}
-    assert failed == {doomed: predict.LOST_BATCH}
+    job = run_job("tests.service.dying_actor_predict", str(photos), str(out), str(NUM_CLASSES),
+                  env=job_env(job_tmpdir), timeout_s=600)
+    assert job.returncode == 0, job.stderr[-3000:]
+    outcomes = dict(json.loads(job.stdout.strip().splitlines()[-1]))
+    assert sorted(outcomes) == sorted(map(str, [*sources, doomed]))  # each image once
+    assert {source: error for source, error in outcomes.items() if error} == {
+        str(doomed): LOST_BATCH}
     for stem, size in sizes.items():
         check_outputs(out, stem, size)
     assert sorted(path.name for path in out.iterdir()) == sorted(

@@ -13,7 +13,11 @@ Failures stay per image: an image that cannot be read or decoded comes back with
 reason. A batch whose actor dies (a segfault in a decoder, the OOM killer) is dropped
 rather than retried (``max_task_retries=0``: retrying an image that kills its actor would
 kill actor after actor) and the dataset goes on without it (``max_errored_blocks=-1``);
-the driver then reports that batch's images as failed. The pool replaces the dead actor.
+the driver then reports that batch's images as failed. Ray restarts the dead actor for
+the batches still to come. With Ray 2.60 such a restarted actor now and then outlives the
+dataset, holding its CPU until the driver ends: no matter for ``jobs.predict``, whose
+driver ends with the job, but a long-lived driver calling this on a shared cluster may
+want to know.
 """
 
 from __future__ import annotations
