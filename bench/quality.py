@@ -735,7 +735,8 @@ def plot_curves(records: list[dict], labels: list[str], title: str, path) -> Non
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for colour, label in zip(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"),
+    for colour, label in zip(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                              "tab:brown"),
                              labels):
         curves = [r["curve"] for r in records if r["row"] == label and r.get("curve")]
         if not curves:
