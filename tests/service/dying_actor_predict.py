@@ -1,6 +1,7 @@
-"""``python -m tests.service.dying_actor_predict PHOTOS OUT``: ``predict_on_ray_data`` on
-its own local Ray with a Predictor whose actor process dies (``os._exit``) on the file
-whose bytes are :data:`DOOMED`. Prints one JSON line ``{source: error or null}``.
+"""``python -m tests.service.dying_actor_predict PHOTOS OUT NUM_CLASSES``:
+``predict_on_ray_data`` on its own local Ray with a Predictor whose actor process dies
+(``os._exit``) on the file whose bytes are :data:`DOOMED`. Prints one JSON line: a list
+of ``[source, error or null]``, one per outcome.
 
 Run as a subprocess by tests/service/test_predict.py rather than on the test session's
 Ray: the actor Ray restarts after such a death can outlive the dataset (seen with Ray
