@@ -57,6 +57,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -101,6 +102,12 @@ class Row:
 
 def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
+
+
+def row_labels(text: str) -> list[str]:
+    """``--rows``' labels: split on the commas between labels, not on those inside a
+    label's parentheses (``point+pdml (features, 0.1)``)."""
+    return [label.strip() for label in re.split(r",(?![^()]*\))", text) if label.strip()]
 
 
 def parse_args() -> argparse.Namespace:
@@ -785,7 +792,7 @@ def main() -> None:
 
     rows = [] if args.table == "4" else table_rows(args)
     if args.rows:
-        chosen = [label.strip() for label in args.rows.split(",")]
+        chosen = row_labels(args.rows)
         unknown = set(chosen) - {row.label for row in rows}
         if unknown:
             raise SystemExit(f"error: --rows: no row {sorted(unknown)}; table "

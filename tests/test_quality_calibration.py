@@ -3,6 +3,7 @@ plumbing (no training: the verdicts are a pure function of the records)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 
@@ -123,3 +124,12 @@ def test_demo_table_times_each_start_to_the_lower_final_score():
     # quicker run ended (280 s) ResNet-18 stood at 40.0.
     assert [line[4] for line in lines] == ["300", "120"]
     assert [line[5].rstrip(" |") for line in lines] == ["40.0", "55.0"]
+
+
+def test_rows_split_between_labels_not_inside_their_parentheses():
+    text = "point, point+pdml (features, 0.1),point+pdml (projection, 0.02),full"
+    assert quality.row_labels(text) == ["point", "point+pdml (features, 0.1)",
+                                        "point+pdml (projection, 0.02)", "full"]
+    args = argparse.Namespace(table="pdml")
+    labels = {row.label for row in quality.table_rows(args)}
+    assert set(quality.row_labels(",".join(sorted(labels)))) == labels
