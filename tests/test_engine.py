@@ -75,6 +75,19 @@ def test_extension_starts_at_its_epoch():
     assert after["loss_ce"] != before["loss_ce"]
 
 
+def test_point_ext_extends_without_pdml():
+    output, batch = _fake_step()
+    cfg = from_dict({"train": {"supervision": "point+ext"},
+                     "extension": {"start_epoch": 0, "threshold": 0.01, "window": 5,
+                                   "method": "region", "weighting": "pooled"}})
+    assert cfg.uses_extension and not cfg.uses_pdml
+    loss, logs = compute_loss(output, batch, cfg=cfg, epoch=0, miner=InBatchMiner(cfg.loss))
+    assert "loss_pdml" not in logs and logs["ext_pixels"] > 0
+    extended = extend_from_logits(output["out"].detach(), batch["point_labels"], threshold=0.01,
+                                  window=5, method="region")
+    assert loss.item() == pytest.approx(point_cross_entropy(output["out"], extended).item())
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine") / "synthetic"

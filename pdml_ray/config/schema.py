@@ -243,7 +243,11 @@ class ExtensionConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    supervision: Literal["full", "point", "point+pdml", "point+pdml+ext"] = "point+pdml+ext"
+    # full: dense masks (the upper bound); point: point CE; +pdml: the triplet loss over
+    # the points' embeddings; +ext: online label extension. point+ext (the extension
+    # without PDML) is not one of the paper's rows: it tells the two apart.
+    supervision: Literal["full", "point", "point+pdml", "point+ext",
+                         "point+pdml+ext"] = "point+pdml+ext"
     epochs: int = 15
     max_steps: int = 0  # 0: run all epochs; >0 stops early (tests, smoke runs)
     batch_size: int = 8  # global batch over all workers (paper: 16)
