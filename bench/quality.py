@@ -156,6 +156,11 @@ def parse_args() -> argparse.Namespace:
                         "features at weight 0.1, one pooled CE, from --ext-start) or on the "
                         "default recipe (default: recipe in the pretrained regime, paper in "
                         "the random one, as its earlier table)")
+    parser.add_argument("--ext-pdml", type=ext_pdml_choice, default=PAPER_PDML_CHOICE,
+                        help="calibration table: the PDML term its extension rows carry: none "
+                        "(train.supervision=point+ext) or EMBEDDING:WEIGHT (default "
+                        f"{PAPER_PDML_CHOICE}, the first gate's); another choice writes to "
+                        "its own file (-ext-<choice>), the point and full rows reused")
     parser.add_argument("--subgroup-size", type=int, default=4,
                         help="mining table: images per subgroup")
     benchlib.add_config_arguments(parser)
@@ -174,15 +179,58 @@ def parse_args() -> argparse.Namespace:
 
 # L_t on the features the classifier reads, at the weight this project used with them
 # (the paper does not state one).
-PAPER_PDML = {"model.embedding": "features", "loss.pdml_weight": 0.1}
+PAPER_PDML_CHOICE = "features:0.1"
 
 
-def paper_extension(args: argparse.Namespace) -> dict:
-    """The paper's extension settings (Eq. 7, 5x5, 0.7, one pooled CE), from ``--ext-start``."""
-    return {"train.supervision": "point+pdml+ext", **PAPER_PDML,
+def ext_pdml_choice(text: str) -> str:
+    """``--ext-pdml``: ``none`` or ``EMBEDDING:WEIGHT``, checked and written one way."""
+    text = text.strip().lower()
+    if text == "none":
+        return text
+    embedding, _, weight = text.partition(":")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = -1.0
+    if embedding not in ("features", "projection") or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected none or EMBEDDING:WEIGHT with EMBEDDING features or "
+            "projection and WEIGHT > 0 (e.g. features:0.02)")
+    return f"{embedding}:{value:g}"
+
+
+def ext_pdml_overrides(choice: str) -> dict:
+    """The settings of an ``--ext-pdml`` choice, on top of ``point+pdml+ext``."""
+    if choice == "none":
+        return {"train.supervision": "point+ext"}
+    embedding, _, weight = choice.partition(":")
+    return {"model.embedding": embedding, "loss.pdml_weight": float(weight)}
+
+
+PAPER_PDML = ext_pdml_overrides(PAPER_PDML_CHOICE)
+
+
+def paper_extension(args: argparse.Namespace, pdml: str = PAPER_PDML_CHOICE) -> dict:
+    """The paper's extension settings (Eq. 7, 5x5, 0.7, one pooled CE), from ``--ext-start``,
+    on top of the PDML term ``pdml`` (an ``--ext-pdml`` choice)."""
+    return {"train.supervision": "point+pdml+ext", **ext_pdml_overrides(pdml),
             "extension.method": "score+region", "extension.threshold": 0.7,
             "extension.window": 5, "extension.weighting": "pooled",
             "extension.start_epoch": args.ext_start}
+
+
+def shown_label(args: argparse.Namespace, label: str) -> str:
+    """A row or ordering as a reader should see it: the calibration rows' labels name the
+    first gate's PDML, and stay the records' keys whatever ``--ext-pdml`` chose."""
+    if args.table != "calibration" or args.ext_pdml == PAPER_PDML_CHOICE:
+        return label
+    if args.ext_pdml == "none":
+        return (label.replace(": point+pdml+ext, the paper's recipe", ": point+ext")
+                .replace("point+pdml+ext", "point+ext"))
+    embedding, _, weight = args.ext_pdml.partition(":")
+    return label.replace(": point+pdml+ext, the paper's recipe",
+                         f": point+pdml ({embedding}, {weight})+ext").replace(
+        "point+pdml+ext", f"point+pdml ({embedding}, {weight})+ext")
 
 
 def table_rows(args: argparse.Namespace) -> list[Row]:
@@ -203,7 +251,7 @@ def table_rows(args: argparse.Namespace) -> list[Row]:
                                                       "extension.method": "score+region"}),
                 Row(DEFAULT_ROW, {"train.supervision": "point+pdml+ext"})]
     if args.table == "calibration":
-        ext = paper_extension(args)
+        ext = paper_extension(args, args.ext_pdml)
         return [Row("full", {"train.supervision": "full"}, PAPER_TABLE3["full"]),
                 Row("point", {"train.supervision": "point"}, PAPER_TABLE3["point"]),
                 Row("score (0.7)", {**ext, "extension.method": "score"},
@@ -652,8 +700,8 @@ def render(args, rows: list[Row], records: list[dict]) -> str:
     if args.table == "calibration":
         for row in rows:
             paper = row.paper or ()
-            table.append((row.label, cell(row.label, "val_miou"), cell(row.label, "val_pixel_acc"),
-                          cell(row.label, "ext_accuracy"),
+            table.append((shown_label(args, row.label), cell(row.label, "val_miou"),
+                          cell(row.label, "val_pixel_acc"), cell(row.label, "ext_accuracy"),
                           cell(row.label, "ext_pixels_per_step", 1.0, 0),
                           cell(row.label, "stuff_miou"), cell(row.label, "things_miou"),
                           paired_delta(records, row.label, "point"),
@@ -661,6 +709,7 @@ def render(args, rows: list[Row], records: list[dict]) -> str:
         header = ("run", "mIoU", "pixel acc (%)", "extension acc (%)", "extended pixels / step",
                   "stuff mIoU", "things mIoU", "Δ mIoU vs point (paired)", "paper mIoU")
         verdicts, passed = calibration_verdicts(records)
+        verdicts = [(shown_label(args, line[0]), *line[1:]) for line in verdicts]
         return (benchlib.markdown_table(header, table) + "\n\n"
                 + benchlib.markdown_table(("ordering (paper, PASCAL-Context)", "seeds",
                                            "paired Δ (points)", "95% interval", "paper Δ",
@@ -734,8 +783,10 @@ def render(args, rows: list[Row], records: list[dict]) -> str:
     return benchlib.markdown_table(header, table)
 
 
-def plot_curves(records: list[dict], labels: list[str], title: str, path) -> None:
-    """Val mIoU against the step, one line per seed and a bold mean per row."""
+def plot_curves(records: list[dict], labels: list[str], title: str, path,
+                display=lambda label: label) -> None:
+    """Val mIoU against the step, one line per seed and a bold mean per row (named in the
+    legend as ``display`` shows it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -754,7 +805,7 @@ def plot_curves(records: list[dict], labels: list[str], title: str, path) -> Non
         steps = [s for s, _ in curves[0]]
         means = [100 * statistics.mean(c[i][1] for c in curves) for i in range(len(steps))]
         ax.plot(steps, means, color=colour, linewidth=2.2, marker="o", markersize=3,
-                label=f"{label} (mean of {len(curves)} seeds)")
+                label=f"{display(label)} (mean of {len(curves)} seeds)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title, fontsize=10)
@@ -766,6 +817,16 @@ def plot_curves(records: list[dict], labels: list[str], title: str, path) -> Non
     plt.close(fig)
 
 
+def results_name(args: argparse.Namespace) -> str:
+    """The table's file under bench/results/ (without ``.json``): one per table, regime,
+    scene version, split, extension rows' PDML and tag."""
+    return (f"quality-table{args.table}-{args.regime}"
+            + ("-v2" if args.scenes == "v2" else "") + ("-test" if args.split == "test" else "")
+            + (f"-ext-{args.ext_pdml.replace(':', '')}"
+               if args.table == "calibration" and args.ext_pdml != PAPER_PDML_CHOICE else "")
+            + (f"-{args.tag}" if args.tag else ""))
+
+
 def main() -> None:
     args = parse_args()
     benchlib.setup_environment()
@@ -773,9 +834,7 @@ def main() -> None:
 
     configure_logging()
     cfg = base_config(args)
-    name = (f"quality-table{args.table}-{args.regime}"
-            + ("-v2" if args.scenes == "v2" else "") + ("-test" if args.split == "test" else "")
-            + (f"-{args.tag}" if args.tag else ""))
+    name = results_name(args)
     path = benchlib.RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
     # Resumable: the finished runs of an earlier sitting are kept, not trained again.
     records = []
@@ -812,14 +871,17 @@ def main() -> None:
     print(f"\n{title} on the synthetic benchmark: "
           f"{benchlib.describe_config(cfg, supervision=False, mining=False)}, {init}; "
           f"{cfg.train.epochs} epoch(s) ({steps} steps), seeds {args.seeds}; values in % "
-          f"(mean ± sample std over seeds){PAPER_NOTE if args.table != 'mining' else ''}\n")
+          f"(mean ± sample std over seeds){PAPER_NOTE if args.table != 'mining' else ''}"
+          + (f"; the extension rows' PDML: {args.ext_pdml}" if args.table == "calibration"
+             else "") + "\n")
     print(render(args, rows, [r for r in records if r["seed"] in args.seeds]))
     if args.table in ("3", "calibration"):
         picture = path.with_suffix(".png")
         shown = (["full", "point", "score (0.7)", "region", PAPER_RECIPE_ROW]
                  if args.table == "calibration" else ["full", "point", "point+pdml", DEFAULT_ROW])
         plot_curves(records, shown,
-                    f"{args.split} mIoU during training ({init}, {steps} steps)", picture)
+                    f"{args.split} mIoU during training ({init}, {steps} steps)", picture,
+                    display=lambda label: shown_label(args, label))
         print(f"curves: {picture}")
     print(f"{len(records)} runs in the table; this sitting took {wall / 60:.1f} min")
     print(f"raw results: {path}")

@@ -80,7 +80,7 @@ def test_split_scenes_and_regime_reach_the_config_and_the_file_name(split, monke
     cfg = quality.base_config(args)
     assert cfg.data.eval_split == split and cfg.data.dataset == "synthetic_v2"
     assert (cfg.model.backbone, cfg.model.pretrained) == ("efficientnet_lite0", "imagenet")
-    assert f"synthetic-v2-200-50-50-96px-seed0-test1" in cfg.data.root
+    assert "synthetic-v2-200-50-50-96px-seed0-test1" in cfg.data.root
     from pdml_ray.models.efficientnet import LITE0_SHA256
     assert quality.weights_digest(cfg) == LITE0_SHA256
     # The split is a setting of the run: the same run on val and on test are two runs.
@@ -133,3 +133,59 @@ def test_rows_split_between_labels_not_inside_their_parentheses():
     args = argparse.Namespace(table="pdml")
     labels = {row.label for row in quality.table_rows(args)}
     assert set(quality.row_labels(",".join(sorted(labels)))) == labels
+
+
+def calibration_args(monkeypatch, *extra: str) -> argparse.Namespace:
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--table", "calibration", "--regime",
+                                      "imagenet", "--scenes", "v2", "--split", "test",
+                                      "--seeds", "10", *extra])
+    return quality.parse_args()
+
+
+@pytest.mark.parametrize("choice, settings", [
+    ("none", {"train.supervision": "point+ext"}),
+    ("Features:0.020", {"model.embedding": "features", "loss.pdml_weight": 0.02}),
+    ("projection:0.1", {"model.embedding": "projection", "loss.pdml_weight": 0.1})])
+def test_ext_pdml_sets_the_extension_rows_pdml_and_keeps_point_and_full(monkeypatch, choice,
+                                                                         settings):
+    first = calibration_args(monkeypatch)
+    chosen = calibration_args(monkeypatch, "--ext-pdml", choice)
+    cfg = quality.base_config(chosen)
+    rows = {row.label: row for row in quality.table_rows(chosen)}
+    for label in ("score (0.7)", "region", quality.PAPER_RECIPE_ROW):
+        run = cfg.replace(**rows[label].overrides)
+        assert run.uses_extension and run.uses_pdml == (choice != "none")
+        assert {k: run.flat()[k] for k in settings} == settings
+        assert (run.extension.method, run.extension.threshold) == (
+            rows[label].overrides["extension.method"],
+            rows[label].overrides["extension.threshold"])
+    # point and full do not read the PDML term: the first gate's runs are the same runs.
+    before = {row.label: row for row in quality.table_rows(first)}
+    for label in ("point", "full"):
+        assert (quality.run_key(cfg.replace(**rows[label].overrides))
+                == quality.run_key(cfg.replace(**before[label].overrides)))
+    recipe = quality.PAPER_RECIPE_ROW
+    assert (quality.run_key(cfg.replace(**rows[recipe].overrides))
+            != quality.run_key(cfg.replace(**before[recipe].overrides)))
+
+
+def test_ext_pdml_none_names_the_rows_as_what_they_train(monkeypatch):
+    args = calibration_args(monkeypatch, "--ext-pdml", "none")
+    assert quality.shown_label(args, quality.PAPER_RECIPE_ROW) == "score+region (0.7): point+ext"
+    assert (quality.shown_label(args, "Table 3: point < point+pdml+ext")
+            == "Table 3: point < point+ext")
+    default = calibration_args(monkeypatch)
+    assert quality.shown_label(default, quality.PAPER_RECIPE_ROW) == quality.PAPER_RECIPE_ROW
+    # Its own file: the first gate's table is not rewritten by the second.
+    assert quality.results_name(default) == "quality-tablecalibration-imagenet-v2-test"
+    assert quality.results_name(args) == "quality-tablecalibration-imagenet-v2-test-ext-none"
+    chosen = calibration_args(monkeypatch, "--ext-pdml", "projection:0.02")
+    assert quality.results_name(chosen).endswith("-test-ext-projection0.02")
+
+
+@pytest.mark.parametrize("bad", ["feature:0.1", "features:0", "features:abc", "projection"])
+def test_ext_pdml_rejects_a_bad_choice_in_one_line(monkeypatch, capsys, bad):
+    with pytest.raises(SystemExit):
+        calibration_args(monkeypatch, "--ext-pdml", bad)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--ext-pdml" in err and repr(bad) in err and "none or EMBEDDING:WEIGHT" in err
