@@ -48,6 +48,8 @@ def test_int_widens_to_float_but_not_the_reverse():
     ("extension.weighting=classwise",
      r"extension\.weighting: expected one of 'pooled', 'separate', 'balanced'"),
     ("train.supervision=points", r"train\.supervision: expected one of 'full', 'point'"),
+    ("train.supervision=point+ext+pdml",
+     r"train\.supervision: expected one of .*'point\+ext', 'point\+pdml\+ext'"),
     ("model.output_stride=32", r"model\.output_stride: expected one of 8, 16"),
     ("ray.use_gpu=yes please", r"ray\.use_gpu: expected bool"),
     ("train.lr", r"expected KEY=VALUE"),
