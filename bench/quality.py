@@ -729,8 +729,9 @@ def render(args, rows: list[Row], records: list[dict]) -> str:
                 if seeds:
                     mean, lo, hi = paired_interval([ours[s] - point[s] for s in seeds])
                     interval = f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                    share = (f"{100 * mean / gap:+.0f}% [{100 * lo / gap:+.0f}%, "
-                             f"{100 * hi / gap:+.0f}%]")
+                    if not math.isnan(gap):  # without full runs there is no gap to share
+                        share = (f"{100 * mean / gap:+.0f}% [{100 * lo / gap:+.0f}%, "
+                                 f"{100 * hi / gap:+.0f}%]")
             paper = row.paper or (None, None)
             table.append((row.label, cell(row.label, "val_miou"), cell(row.label, "stuff_miou"),
                           cell(row.label, "things_miou"), interval, share,
