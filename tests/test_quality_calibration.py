@@ -189,3 +189,15 @@ def test_ext_pdml_rejects_a_bad_choice_in_one_line(monkeypatch, capsys, bad):
         calibration_args(monkeypatch, "--ext-pdml", bad)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--ext-pdml" in err and repr(bad) in err and "none or EMBEDDING:WEIGHT" in err
+
+
+def test_the_pdml_table_shares_the_gap_only_when_full_ran():
+    args = argparse.Namespace(table="pdml")
+    rows = [row for row in quality.table_rows(args) if row.label != "full"]
+    arm = "point+pdml (features, 0.02)"
+    recs = records({"point": [0.40, 0.42, 0.41], arm: [0.41, 0.44, 0.42]})
+    line = next(l for l in quality.render(args, rows, recs).splitlines() if arm in l)
+    assert "+1.3 [" in line and "nan" not in line and "| — |" in line
+    with_full = recs + records({"full": [0.50, 0.52, 0.51]})
+    line = next(l for l in quality.render(args, rows, with_full).splitlines() if arm in l)
+    assert "+13% [" in line  # 1.33 points of a 10-point gap
