@@ -76,7 +76,7 @@ BAD_CONFIG_ARGUMENTS = {
     "wrong-type": (["--set", "train.epochs=2.5"], "error: train.epochs: expected int, got 2.5"),
     "not-a-choice": (["--set", "train.supervision=points"],
                      "error: train.supervision: expected one of 'full', 'point', 'point+pdml', "
-                     "'point+pdml+ext', got 'points'"),
+                     "'point+ext', 'point+pdml+ext', got 'points'"),
     "ray-address-not-text": (["--set", "ray.address=[1]"],
                              "error: ray.address: expected str or null, got [1]"),
     "list-item": (["--set", "sweep.margins=[8, x]"],
