@@ -224,13 +224,10 @@ def shown_label(args: argparse.Namespace, label: str) -> str:
     first gate's PDML, and stay the records' keys whatever ``--ext-pdml`` chose."""
     if args.table != "calibration" or args.ext_pdml == PAPER_PDML_CHOICE:
         return label
-    if args.ext_pdml == "none":
-        return (label.replace(": point+pdml+ext, the paper's recipe", ": point+ext")
-                .replace("point+pdml+ext", "point+ext"))
     embedding, _, weight = args.ext_pdml.partition(":")
-    return label.replace(": point+pdml+ext, the paper's recipe",
-                         f": point+pdml ({embedding}, {weight})+ext").replace(
-        "point+pdml+ext", f"point+pdml ({embedding}, {weight})+ext")
+    trained = "point+ext" if args.ext_pdml == "none" else f"point+pdml ({embedding}, {weight})+ext"
+    return (label.replace(": point+pdml+ext, the paper's recipe", f": {trained}")
+            .replace("point+pdml+ext", trained))
 
 
 def table_rows(args: argparse.Namespace) -> list[Row]:
