@@ -44,8 +44,8 @@ BEFORE_DEMO = {"startup": 48.0, "steps": 604.0, "registration": 20.0,
                "evaluation + checkpointing + logging": 41.0}
 V100_AMP_STEP_S = 0.088  # bench_flops.py: the paper's step at 35% of V100 FP16 peak
 SHAPES = {
-    "demo": [],
-    "demo-point": ["train.supervision=point"],
+    "demo": [*benchlib.MEASURED_MODEL_SETS],
+    "demo-point": [*benchlib.MEASURED_MODEL_SETS, "train.supervision=point"],
     "paper": ["model.backbone=resnet101", "data.synthetic_size=321", "data.crop_size=321",
               "data.synthetic_train=16", "data.synthetic_val=4", "train.epochs=2"],
 }

@@ -36,7 +36,7 @@ def run_variant(name: str) -> dict:
     shutil.rmtree(project, ignore_errors=True)
     project.mkdir(parents=True)
     settings = [f"data.root={SCENES}", "train.epochs=1", "train.max_steps=1",
-                "mlflow.register=false"]
+                "mlflow.register=false", *benchlib.MEASURED_MODEL_SETS]
     command = [sys.executable, "-m", "jobs.train", "--project-dir", str(project),
                *[arg for setting in settings for arg in ("--set", setting)]]
     env = {**os.environ, **VARIANTS[name]}

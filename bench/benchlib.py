@@ -111,9 +111,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny sizes: a validation run of the script, not a figure")
 
 
+# The model the benchmarks' figures were measured on: ResNet-18 from random init, the
+# demo's model until Lite0 from ImageNet replaced it (docs/benchmarks.md, "The demo's
+# start"). Without ``--config`` a benchmark starts from it, so that its documented command
+# still reproduces its figure; a benchmark of the demo as it is now (bench/labelling.py)
+# or ``--set model.backbone=...`` says otherwise.
+MEASURED_MODEL = {"model.backbone": "resnet18", "model.pretrained": None}
+# The same as ``--set`` arguments, for benchmarks that run ``python -m jobs.train`` itself.
+MEASURED_MODEL_SETS = [f"{key}={'null' if value is None else value}"
+                       for key, value in MEASURED_MODEL.items()]
+
+
 def bench_config(args: argparse.Namespace, settings: Mapping[str, Any], *, experiment: str):
-    """The config of a benchmark run: ``--config`` (or the defaults), then the benchmark's
-    ``settings``, then ``--set``. Results, Ray storage and the MLflow store live under
+    """The config of a benchmark run: ``--config`` (or the defaults with
+    :data:`MEASURED_MODEL`), then the benchmark's ``settings``, then ``--set``. Results, Ray storage and the MLflow store live under
     ``bench/results``; synthetic scenes get a folder named after their generation settings,
     so that scenes of another size are never silently reused."""
     from pdml_ray.config import apply_overrides, load_config, resolve_paths
@@ -121,6 +132,7 @@ def bench_config(args: argparse.Namespace, settings: Mapping[str, Any], *, exper
     cfg = load_config(args.config)
     scenes = {}
     if not args.config:
+        cfg = cfg.replace(**MEASURED_MODEL)
         chosen = QUICK_SCENES if args.quick else SCENES
         scenes = {f"data.{k}": v for k, v in chosen.items()}
         scenes["data.crop_size"] = chosen["synthetic_size"]

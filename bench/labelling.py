@@ -61,10 +61,14 @@ def parse_args() -> argparse.Namespace:
 def base_config(args: argparse.Namespace):
     from pdml_ray.config import Config
 
-    epochs = args.epochs or (1 if args.quick else Config().train.epochs)
-    # One evaluation, at the end: the score of a round is its final model, never an
-    # epoch picked on the validation split.
-    return benchlib.bench_config(args, {"train.epochs": epochs, "train.eval_every_epochs": epochs,
+    demo = Config()
+    epochs = args.epochs or (1 if args.quick else demo.train.epochs)
+    # The demo's model as it is now (not benchlib's MEASURED_MODEL). One evaluation, at
+    # the end: the score of a round is its final model, never an epoch picked on the
+    # validation split.
+    return benchlib.bench_config(args, {"model.backbone": demo.model.backbone,
+                                        "model.pretrained": demo.model.pretrained,
+                                        "train.epochs": epochs, "train.eval_every_epochs": epochs,
                                         "ray.max_failures": 0, "ray.keep_checkpoints": 1},
                                  experiment="bench-labelling")
 

@@ -30,8 +30,11 @@ def test_an_unset_extension_schedule_keys_as_the_values_it_resolves_to(tmp_path)
     assert quality.run_key(pretrained) != quality.run_key(
         pretrained.replace(**{"extension.weight": 4.0}))
     # From random init an unset weight resolves to 4.
-    assert quality.run_key(recipe()) == quality.run_key(recipe(**{"extension.weight": 4.0}))
-    assert quality.run_key(recipe()) != quality.run_key(recipe(**{"extension.weight": 16.0}))
+    scratch = recipe(**{"model.pretrained": None})
+    assert quality.run_key(scratch) == quality.run_key(
+        scratch.replace(**{"extension.weight": 4.0}))
+    assert quality.run_key(scratch) != quality.run_key(
+        scratch.replace(**{"extension.weight": 16.0}))
 
 
 def test_a_sweep_trial_is_keyed_by_its_own_settings_not_its_tables_base():
