@@ -300,3 +300,9 @@ def test_extended_pixel_weights_need_a_term_of_their_own(key, value, weighting):
     with pytest.raises(ConfigError, match=r"extension\.weight/ramp_epochs: apply to "
                                           r"extension\.weighting=separate or balanced only"):
         apply_overrides(Config(), {"extension.weighting": "pooled", key: value})
+
+
+def test_the_demo_fine_tunes_lite0_from_its_packaged_imagenet_weights():
+    cfg = Config().resolved()
+    assert (cfg.model.backbone, cfg.model.pretrained) == ("efficientnet_lite0", "imagenet")
+    assert cfg.extension.weight == EXTENDED_WEIGHT["pretrained"]

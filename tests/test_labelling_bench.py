@@ -131,3 +131,12 @@ def test_the_verdicts_follow_the_records():
     records.append(record(2, "random", 1, 50, 0.31))
     _, verdicts = labelling.summary(records, [0, 1, 2])
     assert verdicts["round 1: suggest beats random in every seed"] is False
+
+
+def test_it_trains_the_demos_model_as_it_is_now(monkeypatch):
+    from pdml_ray.config import Config
+
+    monkeypatch.setattr(sys, "argv", ["labelling.py", "--quick"])
+    cfg = labelling.base_config(labelling.parse_args())
+    demo = Config().model
+    assert (cfg.model.backbone, cfg.model.pretrained) == (demo.backbone, demo.pretrained)

@@ -201,3 +201,21 @@ def test_the_pdml_table_shares_the_gap_only_when_full_ran():
     with_full = recs + records({"full": [0.50, 0.52, 0.51]})
     line = next(l for l in quality.render(args, rows, with_full).splitlines() if arm in l)
     assert "+13% [" in line  # 1.33 points of a 10-point gap
+
+
+@pytest.mark.parametrize("regime, table, model", [
+    ("random", "3", ("resnet18", None)),
+    ("random", "demo", ("resnet18", None)),
+    ("imagenet", "3", ("efficientnet_lite0", "imagenet")),
+])
+def test_a_regime_names_its_model_whatever_the_demos_default(regime, table, model, monkeypatch):
+    # The demo's default moved from ResNet-18 at random init to Lite0 from ImageNet; the
+    # random regime's recorded runs stay the runs it names (their keys unchanged).
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--table", table, "--regime", regime])
+    args = quality.parse_args()
+    cfg = quality.base_config(args)
+    assert (cfg.model.backbone, cfg.model.pretrained) == model
+    if table == "demo":
+        starts = [cfg.replace(**row.overrides).model for row in quality.table_rows(args)]
+        assert [(m.backbone, m.pretrained) for m in starts] == [
+            ("resnet18", None), ("efficientnet_lite0", "imagenet")]
