@@ -133,10 +133,11 @@ def test_the_verdicts_follow_the_records():
     assert verdicts["round 1: suggest beats random in every seed"] is False
 
 
-def test_it_trains_the_demos_model_as_it_is_now(monkeypatch):
+def test_it_trains_the_demos_model_as_it_is_now_and_scores_on_the_test_split(monkeypatch):
     from pdml_ray.config import Config
 
     monkeypatch.setattr(sys, "argv", ["labelling.py", "--quick"])
     cfg = labelling.base_config(labelling.parse_args())
     demo = Config().model
     assert (cfg.model.backbone, cfg.model.pretrained) == (demo.backbone, demo.pretrained)
+    assert cfg.data.eval_split == "test" and cfg.data.synthetic_test > 0
