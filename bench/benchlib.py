@@ -125,8 +125,9 @@ MEASURED_MODEL_SETS = [f"{key}={'null' if value is None else value}"
 def bench_config(args: argparse.Namespace, settings: Mapping[str, Any], *, experiment: str):
     """The config of a benchmark run: ``--config`` (or the defaults with
     :data:`MEASURED_MODEL`), then the benchmark's ``settings``, then ``--set``. Results,
-    Ray storage and the MLflow store live under ``bench/results``; synthetic scenes get a folder named after their generation settings,
-    so that scenes of another size are never silently reused."""
+    Ray storage and the MLflow store live under ``bench/results``; synthetic scenes get a
+    folder named after their generation settings, so that scenes of another size are
+    never silently reused."""
     from pdml_ray.config import apply_overrides, load_config, resolve_paths
 
     cfg = load_config(args.config)
