@@ -876,7 +876,8 @@ def main() -> None:
     if args.table in ("3", "calibration"):
         picture = path.with_suffix(".png")
         shown = (["full", "point", "score (0.7)", "region", PAPER_RECIPE_ROW]
-                 if args.table == "calibration" else ["full", "point", "point+pdml", DEFAULT_ROW])
+                 if args.table == "calibration"
+                 else ["full", "point", "point+pdml", DEFAULT_ROW, "point+pdml+ext (paper)"])
         plot_curves(records, shown,
                     f"{args.split} mIoU during training ({init}, {steps} steps)", picture,
                     display=lambda label: shown_label(args, label))
