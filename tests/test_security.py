@@ -60,8 +60,8 @@ def test_registered_model_is_a_state_dict_and_json_config_only(tmp_path, mlflow_
     cfg = resolve_paths(from_dict({"mlflow": {"tracking_uri": mlflow_uri,
                                               "artifact_location": str(tmp_path / "artifacts"),
                                               "registered_model": "security-check"}}), tmp_path)
-    model = build_model(num_classes=len(SyntheticDataset.classes), backbone="resnet18",
-                        output_stride=8, head="aspp")
+    model = build_model(num_classes=len(SyntheticDataset.classes), backbone=cfg.model.backbone,
+                        output_stride=cfg.model.output_stride, head=cfg.model.head)
     client = MlflowClient(mlflow_uri)
     experiment = client.create_experiment("security",
                                           artifact_location=cfg.mlflow.artifact_location)

@@ -19,6 +19,7 @@ import os
 import typing
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -116,7 +117,16 @@ def _read_state_dict(name: str, pretrained: str) -> Mapping[str, torch.Tensor]:
     weights = resolve_weights(name, pretrained)
     if weights is not None:
         # Downloads into TORCH_HOME on first use: only on a machine with internet access.
-        return weights.get_state_dict(progress=True, check_hash=True)
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True)
+        except URLError as exc:  # offline: say what to do instead of a urllib traceback
+            raise RuntimeError(
+                f"model.pretrained={pretrained!r}: torchvision's {name} "
+                f"{type(weights).__name__}.{weights.name} weights are not in {torch.hub.get_dir()}/checkpoints and cannot "
+                f"be downloaded here ({exc.reason}); copy the file there ({weights.url}), give "
+                f"model.pretrained a state_dict path, use model.pretrained=null for random "
+                f"init, or model.backbone={LITE0}, whose ImageNet weights ship with the "
+                f"package") from None
     path = Path(os.path.expanduser(pretrained))
     if not path.is_file():
         known = ", ".join(["DEFAULT", *get_model_weights(name).__members__])

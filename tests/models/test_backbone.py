@@ -103,6 +103,26 @@ def test_unknown_pretrained_is_a_clear_error(tmp_path):
         build_backbone("resnet18", 8, pretrained=str(tmp_path / "missing.pth"))
 
 
+def test_imagenet_weights_that_cannot_be_downloaded_say_what_to_do(monkeypatch):
+    # The network is unreachable: torchvision's own fetch raises URLError, as it does here.
+    from urllib.error import URLError
+
+    from torchvision.models import ResNet18_Weights
+
+    def offline(self, *args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
+    with pytest.raises(RuntimeError) as caught:
+        build_backbone("resnet18", 8, pretrained="imagenet")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("model.pretrained='imagenet': ")
+    for part in ("ResNet18_Weights.IMAGENET1K_V1", "Name or service not known",
+                 ResNet18_Weights.IMAGENET1K_V1.url, "model.pretrained=null",
+                 "model.backbone=efficientnet_lite0"):
+        assert part in message
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"name": "resnet152"}, "resnet18, resnet34, resnet50, resnet101"),
     ({"output_stride": 32}, r"\(8, 16\)"),

@@ -35,7 +35,7 @@ class PredictorThatDies(predict.Predictor):
 
 
 def main(photos: Path, out: Path, num_classes: int) -> None:
-    cfg = from_dict({"model": {"backbone": "resnet18", "head": "linear"}})
+    cfg = from_dict({"model": {"backbone": "resnet18", "pretrained": None, "head": "linear"}})
     parser = SceneParser(build_model(num_classes=num_classes, backbone="resnet18",
                                      head="linear"), cfg)
     sources = sorted(photos.iterdir())

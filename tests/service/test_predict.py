@@ -33,7 +33,7 @@ def registered(tmp_path_factory):
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     cfg = resolve_paths(from_dict({
-        "model": {"backbone": "resnet18", "head": "linear"},
+        "model": {"backbone": "resnet18", "pretrained": None, "head": "linear"},
         "mlflow": {"tracking_uri": uri, "artifact_location": str(folder / "artifacts"),
                    "experiment": "predict"}}), folder)
     model = build_model(num_classes=NUM_CLASSES, backbone="resnet18", head="linear")

@@ -24,7 +24,7 @@ def suggest_setup(tmp_path_factory):
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     cfg = resolve_paths(from_dict({
         "data": {"dataset": "synthetic", "crop_size": 32},
-        "model": {"backbone": "resnet18", "head": "linear"},
+        "model": {"backbone": "resnet18", "pretrained": None, "head": "linear"},
         "mlflow": {"tracking_uri": uri, "artifact_location": str(folder / "artifacts"),
                    "experiment": "suggest"}}), folder)
     import torch

@@ -78,7 +78,8 @@ def test_a_model_of_another_dataset(suggest_setup, tmp_path):
     from pdml_ray.service.tracking import start_run
 
     cfg = resolve_paths(from_dict({
-        "data": {"dataset": "ade20k"}, "model": {"backbone": "resnet18", "head": "linear"},
+        "data": {"dataset": "ade20k"},
+        "model": {"backbone": "resnet18", "pretrained": None, "head": "linear"},
         "mlflow": {"tracking_uri": suggest_setup.uri, "experiment": "other",
                    "artifact_location": str(tmp_path / "artifacts"),
                    "registered_model": "ade-parser"}}), tmp_path)

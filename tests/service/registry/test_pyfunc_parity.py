@@ -21,7 +21,7 @@ def logged(tmp_path_factory):
     """(the in-memory SceneParser, the pyfunc loaded back from @champion)."""
     folder = tmp_path_factory.mktemp("parity")
     cfg = resolve_paths(from_dict({
-        "model": {"backbone": "resnet18", "head": "linear"},
+        "model": {"backbone": "resnet18", "pretrained": None, "head": "linear"},
         "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
                    "artifact_location": str(folder / "artifacts"), "experiment": "parity"}}),
         folder)

@@ -103,7 +103,7 @@ def registered(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     cfg = resolve_paths(from_dict({
-        "model": {"backbone": "resnet18"},
+        "model": {"backbone": "resnet18", "pretrained": None},
         "mlflow": {"tracking_uri": uri, "artifact_location": str(folder / "artifacts")}}), folder)
     model = build_model(num_classes=len(SyntheticDataset.classes), backbone="resnet18",
                         output_stride=8, head="aspp")

@@ -23,7 +23,7 @@ def store(tmp_path_factory):
     @champion, the second (0.4) does not."""
     folder = tmp_path_factory.mktemp("sweep_registry")
     cfg = resolve_paths(from_dict({
-        "model": {"backbone": "resnet18", "head": "linear"},
+        "model": {"backbone": "resnet18", "pretrained": None, "head": "linear"},
         "ray": {"storage_path": str(folder / "ray_results")},
         "mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
                    "artifact_location": str(folder / "artifacts"), "experiment": "sweep",
