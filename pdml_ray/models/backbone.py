@@ -122,8 +122,9 @@ def _read_state_dict(name: str, pretrained: str) -> Mapping[str, torch.Tensor]:
         except URLError as exc:  # offline: say what to do instead of a urllib traceback
             raise RuntimeError(
                 f"model.pretrained={pretrained!r}: torchvision's {name} "
-                f"{type(weights).__name__}.{weights.name} weights are not in {torch.hub.get_dir()}/checkpoints and cannot "
-                f"be downloaded here ({exc.reason}); copy the file there ({weights.url}), give "
+                f"{type(weights).__name__}.{weights.name} weights are not in "
+                f"{torch.hub.get_dir()}/checkpoints and cannot be downloaded here "
+                f"({exc.reason}); copy the file there ({weights.url}), give "
                 f"model.pretrained a state_dict path, use model.pretrained=null for random "
                 f"init, or model.backbone={LITE0}, whose ImageNet weights ship with the "
                 f"package") from None
