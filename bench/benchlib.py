@@ -213,6 +213,29 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> st
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+
+def paired_interval(differences: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): paired differences' mean and its 95% t-interval (one value:
+    unbounded)."""
+    from scipy import stats
+
+    mean = statistics.mean(differences)
+    if len(differences) < 2:
+        return mean, -math.inf, math.inf
+    half = (stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences)
+            / math.sqrt(len(differences)))
+    return mean, mean - half, mean + half
+
+
+def paired_text(differences: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``"+4.1 [+1.0, +7.2]"``: the mean and 95% interval; one value: ``"+4.1 (1 seed)"``."""
+    if not differences:
+        return "n/a"
+    mean, low, high = (scale * v for v in paired_interval(differences))
+    if len(differences) < 2:
+        return f"{mean:+.{digits}f} (1 seed)"
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
 @contextmanager
 def phase(label: str) -> Iterator[None]:
     """Print a progress line before and after a long phase, with its duration."""

@@ -35,6 +35,7 @@ import numpy as np
 import benchlib
 
 STRATEGIES = ("suggest", "random", "instances")
+OTHERS = ("random", "instances")  # what suggest is compared with, pair by pair
 NAME = "labelling"
 
 
@@ -242,21 +243,27 @@ def summary(records: list[dict], seeds: list[int]) -> tuple[str, dict]:
     rows, verdicts = [], {}
     by = {(r["seed"], r["strategy"], r["round"]): r for r in records if r["seed"] in seeds}
     rounds = sorted({r["round"] for r in by.values() if r["strategy"] != "start"})
-    header = ["clicks (share of full)", *STRATEGIES]
+    # Paired by seed: same start, same training seed, only the added clicks differ.
+    header = ["clicks (share of full)", *STRATEGIES, *(f"suggest − {other}" for other in OTHERS)]
     start = [by[(s, "start", 0)]["val_miou"] for s in seeds if (s, "start", 0) in by]
     full = max((r["full_clicks"] for r in by.values()), default=0)
     if start:
         first = next(r for r in by.values() if r["strategy"] == "start")
         rows.append([f"{first['spent']} ({first['spent'] / full:.0%})",
-                     *[benchlib.mean_std(start, 100)] * len(STRATEGIES)])
+                     *[benchlib.mean_std(start, 100)] * len(STRATEGIES), *["—"] * len(OTHERS)])
     for round_ in rounds:
         spent = [r["spent"] for r in by.values() if r["round"] == round_ and r["strategy"] != "start"]
         cells = [benchlib.mean_std([by[(s, strategy, round_)]["val_miou"] for s in seeds
                                     if (s, strategy, round_) in by], 100) for strategy in STRATEGIES]
-        rows.append([f"{max(spent)} ({max(spent) / full:.0%})", *cells])
+        deltas = [benchlib.paired_text(
+            [by[(s, "suggest", round_)]["val_miou"] - by[(s, other, round_)]["val_miou"]
+             for s in seeds if (s, "suggest", round_) in by and (s, other, round_) in by], 100)
+            for other in OTHERS]
+        rows.append([f"{max(spent)} ({max(spent) / full:.0%})", *cells, *deltas])
         wins = [by[(s, "suggest", round_)]["val_miou"] > by[(s, "random", round_)]["val_miou"]
                 for s in seeds if (s, "suggest", round_) in by and (s, "random", round_) in by]
-        verdicts[f"round {round_}: suggest beats random in every seed"] = bool(wins) and all(wins)
+        if wins:  # no verdict before a round has both strategies in some seed
+            verdicts[f"round {round_}: suggest beats random in every seed"] = all(wins)
         means = {strategy: statistics.mean(v) for strategy in ("suggest", "instances")
                  if (v := [by[(s, strategy, round_)]["val_miou"] for s in seeds
                            if (s, strategy, round_) in by])}

@@ -602,18 +602,6 @@ def gap_share(records: list[dict], label: str) -> str:
     return f"{100 * statistics.mean(gains) / gap:+.0f}% ({up}/{len(gains)} seeds up)"
 
 
-def paired_interval(differences: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the paired differences' mean and its 95% t-interval."""
-    from scipy import stats
-
-    mean = statistics.mean(differences)
-    if len(differences) < 2:
-        return mean, -math.inf, math.inf
-    half = (stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences)
-            / math.sqrt(len(differences)))
-    return mean, mean - half, mean + half
-
-
 # The gate, written down before its runs (docs/benchmarks.md, "The calibration gate"):
 # (name, row that should be higher, row that should be lower, metric, rule, paper's delta).
 # "above": held when the paired 95% interval of higher - lower lies above 0 (strictly
@@ -648,7 +636,7 @@ def calibration_verdicts(records: list[dict]) -> tuple[list[tuple], bool]:
             lines.append((name, "0", "n/a", "n/a", f"{paper:+.1f}", "not run"))
             passed = False
             continue
-        mean, lo, hi = paired_interval([high[s] - low[s] for s in seeds])
+        mean, lo, hi = benchlib.paired_interval([high[s] - low[s] for s in seeds])
         if rule == "above":
             verdict = ("held" if lo > floor else "contradicted" if hi < 0 else "not held")
         else:
@@ -724,7 +712,7 @@ def render(args, rows: list[Row], records: list[dict]) -> str:
                 ours = values(records, row.label, "val_miou")
                 seeds = [s for s in ours if s in point]
                 if seeds:
-                    mean, lo, hi = paired_interval([ours[s] - point[s] for s in seeds])
+                    mean, lo, hi = benchlib.paired_interval([ours[s] - point[s] for s in seeds])
                     interval = f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
                     if not math.isnan(gap):  # without full runs there is no gap to share
                         share = (f"{100 * mean / gap:+.0f}% [{100 * lo / gap:+.0f}%, "

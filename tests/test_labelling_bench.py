@@ -126,6 +126,10 @@ def test_the_verdicts_follow_the_records():
     assert verdicts["share of the full clicks at which suggest reaches it"] == 0.75
     assert verdicts["suggest reaches the full set's mIoU with <= 70% of its clicks"] is False
     assert "25 (25%)" in table and "100 (100%)" in table
+    # suggest - random is +7 points and suggest - instances +6 in both seeds: no spread,
+    # so each interval is the point itself.
+    round_1 = next(line for line in table.splitlines() if line.startswith("| 50 (50%)"))
+    assert round_1.rstrip(" |").endswith("+7.0 [+7.0, +7.0] | +6.0 [+6.0, +6.0]")
     # A seed where random wins a round breaks "every seed".
     records.append(record(2, "suggest", 1, 50, 0.30))
     records.append(record(2, "random", 1, 50, 0.31))

@@ -4,7 +4,6 @@ plumbing (no training: the verdicts are a pure function of the records)."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import pytest
@@ -31,14 +30,6 @@ def records(rows: dict[str, list[float]], ext: dict[str, list[float]] | None = N
 def verdicts(recs) -> dict[str, str]:
     lines, _ = quality.calibration_verdicts(recs)
     return {line[0]: line[-1] for line in lines}
-
-
-def test_paired_interval_is_the_t_interval():
-    mean, low, high = quality.paired_interval([1.0, 2.0, 3.0])
-    # mean 2, sd 1, n 3: t(0.975, 2) = 4.302653, half-width 4.302653 / sqrt(3)
-    assert mean == 2.0
-    assert math.isclose(high - mean, 4.302653 / math.sqrt(3), rel_tol=1e-5)
-    assert math.isclose(mean - low, high - mean)
 
 
 def test_the_papers_orderings_pass_the_gate():
