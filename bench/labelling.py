@@ -87,6 +87,12 @@ def pixels(clicks: Clicks) -> set[tuple[str, int, int]]:
     return {(image_id, int(y), int(x)) for image_id, rows in clicks.items() for y, x, _ in rows}
 
 
+def thing_share(clicks: Clicks, thing_ids: set[int]) -> float:
+    """The share of the clicks whose class is a thing (a countable object, not stuff)."""
+    labels = [int(row[2]) for rows in clicks.values() for row in rows]
+    return sum(label in thing_ids for label in labels) / len(labels) if labels else math.nan
+
+
 def merged(clicks: Clicks, added: list[tuple[str, int, int, int]]) -> Clicks:
     out = {k: [tuple(r) for r in v.tolist()] for k, v in clicks.items()}
     for image_id, y, x, cls in added:
@@ -167,6 +173,42 @@ def suggested(current: Clicks, checkpoint: str, dataset, budget: int, args) -> t
             {"images_per_s": scored.images_per_second, "bank_points": scored.bank_points})
 
 
+# -- what a round's clicks were and what its model learnt --------------------------------
+def click_mix(entry: dict, dataset, tracking_uri: str) -> dict:
+    """The round's share of clicks on things and its final model's stuff and thing mIoU
+    (the last evaluation's per-class IoU in MLflow): where the strategies' clicks differ."""
+    from pdml_ray.data import read_points
+    from pdml_ray.service.tracking import metric_key
+
+    table = read_points(entry["points_file"])
+    things = {i for i, name in enumerate(dataset.classes) if name not in dataset.stuff}
+    mix = {"thing_click_share": thing_share({k: table.for_image(k) for k in table.image_ids},
+                                            things)}
+    for group, members in (("stuff_miou", dataset.stuff),
+                           ("things_miou", [c for c in dataset.classes if c not in dataset.stuff])):
+        ious = [history[-1][1] for name in members
+                if (history := benchlib.metric_history(tracking_uri, entry["mlflow_run_id"],
+                                                       f"val_iou/{metric_key(name)}"))]
+        ious = [v for v in ious if not math.isnan(v)]
+        mix[group] = statistics.mean(ious) if ious else math.nan
+    return mix
+
+
+def mix_table(records: list[dict], seeds: list[int]) -> str:
+    """Per strategy and round, over the seeds: clicks on things, stuff and thing mIoU."""
+    rows = []
+    chosen = [r for r in records if r["seed"] in seeds and "thing_click_share" in r]
+    for strategy in ("start", *STRATEGIES):
+        for round_ in sorted({r["round"] for r in chosen if r["strategy"] == strategy}):
+            group = [r for r in chosen if (r["strategy"], r["round"]) == (strategy, round_)]
+            rows.append([strategy, str(round_), str(max(r["spent"] for r in group)),
+                         *(benchlib.mean_std([r[key] for r in group], 100, 0 if i == 0 else 1)
+                           for i, key in enumerate(("thing_click_share", "things_miou",
+                                                    "stuff_miou")))])
+    return benchlib.markdown_table(["strategy", "round", "clicks", "clicks on things (%)",
+                                    "things mIoU", "stuff mIoU"], rows)
+
+
 # -- training ----------------------------------------------------------------------------
 def train_round(cfg, clicks: Clicks, metadata: dict, folder: Path, label: str, seed: int) -> dict:
     from pdml_ray.data import write_points
@@ -206,10 +248,16 @@ def run_seed(cfg, args, seed: int, records: list[dict], save) -> None:
             trained = train_round(cfg, clicks, metadata, folder, f"{strategy}-r{round_}", seed)
         entry = {"seed": seed, "strategy": strategy, "round": round_, "clicks": count(clicks),
                  "full_clicks": count(full), "split": cfg.data.eval_split, **extra, **trained}
+        entry.update(click_mix(entry, dataset, cfg.mlflow.tracking_uri))
         records.append(entry)
         save(records)
         print(f"   {cfg.data.eval_split} mIoU {entry['val_miou']:.4f}", flush=True)
         return entry
+
+    for entry in records:
+        if entry["seed"] == seed and "thing_click_share" not in entry:
+            entry.update(click_mix(entry, dataset, cfg.mlflow.tracking_uri))
+            save(records)
 
     start = start_clicks(full, args.start_fraction, seed)
     first = done("start", 0) or record("start", 0, start, {"spent": count(start)})
@@ -341,6 +389,9 @@ def main() -> None:
     print(table)
     for claim, verdict in verdicts.items():
         print(f"- {claim}: {verdict}")
+    print(f"\nwhere the clicks went and what the models learnt ({cfg.data.eval_split} mIoU, %, "
+          f"mean ± sample std over the seeds):\n")
+    print(mix_table(records, args.seeds))
     save(records)
     picture = path.with_suffix(".png")
     plot(records, args.seeds, picture)

@@ -145,3 +145,28 @@ def test_it_trains_the_demos_model_as_it_is_now_and_scores_on_the_test_split(mon
     demo = Config().model
     assert (cfg.model.backbone, cfg.model.pretrained) == (demo.backbone, demo.pretrained)
     assert cfg.data.eval_split == "test" and cfg.data.synthetic_test > 0
+
+
+def test_thing_share_counts_the_clicks_on_thing_classes():
+    # classes 0-1 stuff, 2-3 things: 3 of the 5 clicks are on things
+    clicks = {"a": np.asarray([[0, 0, 0], [1, 1, 2], [2, 2, 3]]),
+              "b": np.asarray([[3, 3, 1], [4, 4, 2]])}
+    assert labelling.thing_share(clicks, {2, 3}) == 3 / 5
+    assert labelling.thing_share(clicks, set()) == 0.0
+    assert np.isnan(labelling.thing_share({}, {2, 3}))
+
+
+def test_the_mix_table_averages_each_round_over_the_seeds():
+    records = []
+    for seed, share in ((0, 0.60), (1, 0.70)):
+        records.append({**record(seed, "instances", 1, 50, 0.4), "thing_click_share": share,
+                        "things_miou": 0.30 + share / 10, "stuff_miou": 0.5})
+        records.append({**record(seed, "random", 1, 50, 0.4), "thing_click_share": 0.25,
+                        "things_miou": 0.20, "stuff_miou": 0.5})
+    records.append(record(2, "random", 1, 50, 0.4))  # no mix recorded: left out
+    lines = labelling.mix_table(records, [0, 1, 2]).splitlines()
+    instances = next(line for line in lines if line.startswith("| instances"))
+    random = next(line for line in lines if line.startswith("| random"))
+    # things share 60% and 70%: 65 ± 7; things mIoU 36 and 37: 36.5 ± 0.7
+    assert instances == "| instances | 1 | 50 | 65 ± 7 | 36.5 ± 0.7 | 50.0 ± 0.0 |"
+    assert random == "| random | 1 | 50 | 25 ± 0 | 20.0 ± 0.0 | 50.0 ± 0.0 |"
