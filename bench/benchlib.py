@@ -178,6 +178,18 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float, in
     return sorted((m.step, m.value, m.timestamp) for m in history)
 
 
+def pooled_extension_accuracy(uri: str, run_id: str) -> tuple[float, float]:
+    """(accuracy over all extended pixels of the run, mean extended pixels per step)."""
+    accuracy = {step: value for step, value, _ in metric_history(uri, run_id, "ext_accuracy")}
+    pixels = {step: value
+              for step, value, _ in metric_history(uri, run_id, "ext_pixels_per_step")}
+    total = sum(pixels[s] for s in accuracy if s in pixels)
+    if not total:
+        return math.nan, 0.0
+    return (sum(accuracy[s] * pixels[s] for s in accuracy if s in pixels) / total,
+            statistics.mean(pixels.values()))
+
+
 def step_times(uri: str, run_id: str, *, global_batch: int, warmup: int) -> dict[str, list[float]]:
     """Per-step seconds of a run logged with ``train.log_every_steps=1``, warm-up dropped.
 

@@ -36,6 +36,7 @@ import benchlib
 
 STRATEGIES = ("suggest", "random", "instances")
 OTHERS = ("random", "instances")  # what suggest is compared with, pair by pair
+PERCENT_KEYS = ("thing_click_share", "ext_accuracy")  # whole percent in the mix table
 NAME = "labelling"
 
 
@@ -175,15 +176,18 @@ def suggested(current: Clicks, checkpoint: str, dataset, budget: int, args) -> t
 
 # -- what a round's clicks were and what its model learnt --------------------------------
 def click_mix(entry: dict, dataset, tracking_uri: str) -> dict:
-    """The round's share of clicks on things and its final model's stuff and thing mIoU
-    (the last evaluation's per-class IoU in MLflow): where the strategies' clicks differ."""
+    """The round's share of clicks on things, how often its extended labels were right,
+    and its final model's stuff and thing mIoU (the last evaluation's per-class IoU in
+    MLflow): where the strategies' clicks differ, and what that did."""
     from pdml_ray.data import read_points
     from pdml_ray.service.tracking import metric_key
 
     table = read_points(entry["points_file"])
     things = {i for i, name in enumerate(dataset.classes) if name not in dataset.stuff}
     mix = {"thing_click_share": thing_share({k: table.for_image(k) for k in table.image_ids},
-                                            things)}
+                                            things),
+           "ext_accuracy": benchlib.pooled_extension_accuracy(tracking_uri,
+                                                              entry["mlflow_run_id"])[0]}
     for group, members in (("stuff_miou", dataset.stuff),
                            ("things_miou", [c for c in dataset.classes if c not in dataset.stuff])):
         ious = [history[-1][1] for name in members
@@ -195,18 +199,20 @@ def click_mix(entry: dict, dataset, tracking_uri: str) -> dict:
 
 
 def mix_table(records: list[dict], seeds: list[int]) -> str:
-    """Per strategy and round, over the seeds: clicks on things, stuff and thing mIoU."""
+    """Per strategy and round, over the seeds: clicks on things, the extension's accuracy,
+    thing and stuff mIoU."""
     rows = []
     chosen = [r for r in records if r["seed"] in seeds and "thing_click_share" in r]
     for strategy in ("start", *STRATEGIES):
         for round_ in sorted({r["round"] for r in chosen if r["strategy"] == strategy}):
             group = [r for r in chosen if (r["strategy"], r["round"]) == (strategy, round_)]
             rows.append([strategy, str(round_), str(max(r["spent"] for r in group)),
-                         *(benchlib.mean_std([r[key] for r in group], 100, 0 if i == 0 else 1)
-                           for i, key in enumerate(("thing_click_share", "things_miou",
-                                                    "stuff_miou")))])
+                         *(benchlib.mean_std([r.get(key, math.nan) for r in group], 100,
+                                             0 if key in PERCENT_KEYS else 1)
+                           for key in ("thing_click_share", "ext_accuracy", "things_miou",
+                                       "stuff_miou"))])
     return benchlib.markdown_table(["strategy", "round", "clicks", "clicks on things (%)",
-                                    "things mIoU", "stuff mIoU"], rows)
+                                    "extension accuracy (%)", "things mIoU", "stuff mIoU"], rows)
 
 
 # -- training ----------------------------------------------------------------------------

@@ -317,19 +317,6 @@ def pretrained_weights(args: argparse.Namespace):
 
 
 # -- one run ------------------------------------------------------------------------------
-def pooled_extension_accuracy(uri: str, run_id: str) -> tuple[float, float]:
-    """(accuracy over all extended pixels of the run, mean extended pixels per step)."""
-    accuracy = {step: value for step, value, _ in benchlib.metric_history(uri, run_id,
-                                                                          "ext_accuracy")}
-    pixels = {step: value for step, value, _ in benchlib.metric_history(uri, run_id,
-                                                                        "ext_pixels_per_step")}
-    total = sum(pixels[s] for s in accuracy if s in pixels)
-    if not total:
-        return math.nan, 0.0
-    return (sum(accuracy[s] * pixels[s] for s in accuracy if s in pixels) / total,
-            statistics.mean(pixels.values()))
-
-
 def class_groups(cfg, per_class_iou: list[float]) -> dict[str, float]:
     """Stuff and thing mIoU of the synthetic scenes (NaN classes left out)."""
     if not cfg.data.dataset.startswith("synthetic"):
@@ -378,7 +365,7 @@ def train_once(cfg) -> dict:
     wall = time.perf_counter() - start
     uri, run_id = cfg.mlflow.tracking_uri, result.mlflow_run_id
     scores = last_evaluation(cfg, uri, run_id)
-    ext_accuracy, ext_pixels = pooled_extension_accuracy(uri, run_id)
+    ext_accuracy, ext_pixels = benchlib.pooled_extension_accuracy(uri, run_id)
     rates = [value for _, value, _ in benchlib.metric_history(uri, run_id, "images_per_s")]
     last = {key: (benchlib.metric_history(uri, run_id, key) or [(0, math.nan, 0)])[-1][1]
             for key in ("dis_pos", "dis_neg", "store_hit")}

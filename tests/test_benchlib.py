@@ -46,3 +46,22 @@ def test_paired_text_states_the_mean_and_the_interval_in_points():
         f"+2.0 [{2 - half:+.1f}, {2 + half:+.1f}]")
     assert benchlib.paired_text([-0.05, -0.04, -0.06], scale=100).startswith("-5.0 [")
     assert benchlib.paired_text([]) == "n/a"
+
+
+def test_the_extension_accuracy_is_pooled_over_the_extended_pixels(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("pooled")).info.run_id
+    # steps 1-3: 50% of 100 pixels, 90% of 300, and a step without an accuracy
+    for step, accuracy, pixels in ((1, 0.5, 100), (2, 0.9, 300), (3, None, 200)):
+        if accuracy is not None:
+            client.log_metric(run, "ext_accuracy", accuracy, step=step)
+        client.log_metric(run, "ext_pixels_per_step", pixels, step=step)
+    accuracy, pixels = benchlib.pooled_extension_accuracy(uri, run)
+    assert math.isclose(accuracy, (0.5 * 100 + 0.9 * 300) / 400)
+    assert math.isclose(pixels, 200.0)  # the mean over every logged step
+    empty = client.create_run(client.get_experiment_by_name("pooled").experiment_id).info.run_id
+    assert benchlib.pooled_extension_accuracy(uri, empty)[1] == 0.0

@@ -160,13 +160,16 @@ def test_the_mix_table_averages_each_round_over_the_seeds():
     records = []
     for seed, share in ((0, 0.60), (1, 0.70)):
         records.append({**record(seed, "instances", 1, 50, 0.4), "thing_click_share": share,
-                        "things_miou": 0.30 + share / 10, "stuff_miou": 0.5})
+                        "ext_accuracy": 0.8, "things_miou": 0.30 + share / 10,
+                        "stuff_miou": 0.5})
         records.append({**record(seed, "random", 1, 50, 0.4), "thing_click_share": 0.25,
-                        "things_miou": 0.20, "stuff_miou": 0.5})
+                        "ext_accuracy": 0.6 + seed / 10, "things_miou": 0.20,
+                        "stuff_miou": 0.5})
     records.append(record(2, "random", 1, 50, 0.4))  # no mix recorded: left out
     lines = labelling.mix_table(records, [0, 1, 2]).splitlines()
     instances = next(line for line in lines if line.startswith("| instances"))
     random = next(line for line in lines if line.startswith("| random"))
     # things share 60% and 70%: 65 ± 7; things mIoU 36 and 37: 36.5 ± 0.7
-    assert instances == "| instances | 1 | 50 | 65 ± 7 | 36.5 ± 0.7 | 50.0 ± 0.0 |"
-    assert random == "| random | 1 | 50 | 25 ± 0 | 20.0 ± 0.0 | 50.0 ± 0.0 |"
+    assert instances == "| instances | 1 | 50 | 65 ± 7 | 80 ± 0 | 36.5 ± 0.7 | 50.0 ± 0.0 |"
+    # extension accuracy 60% and 70%: 65 ± 7
+    assert random == "| random | 1 | 50 | 25 ± 0 | 65 ± 7 | 20.0 ± 0.0 | 50.0 ± 0.0 |"
