@@ -225,7 +225,6 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> st
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-
 def paired_interval(differences: Sequence[float]) -> tuple[float, float, float]:
     """(mean, low, high): paired differences' mean and its 95% t-interval (one value:
     unbounded)."""
@@ -247,6 +246,7 @@ def paired_text(differences: Sequence[float], scale: float = 1.0, digits: int = 
     if len(differences) < 2:
         return f"{mean:+.{digits}f} (1 seed)"
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
 
 @contextmanager
 def phase(label: str) -> Iterator[None]:
